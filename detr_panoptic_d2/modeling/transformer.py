@@ -1,0 +1,134 @@
+"""DETR's encoder-decoder transformer (post-norm by default, pre-norm option).
+
+Positional encodings are added to queries and keys at every attention layer, as in the original DETR.
+Sequences are (L, B, C) as in ``torch.nn.MultiheadAttention``'s default layout.
+"""
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _with_pos(x, pos):
+    return x if pos is None else x + pos
+
+
+def _clones(module, n):
+    return nn.ModuleList([copy.deepcopy(module) for _ in range(n)])
+
+
+class TransformerEncoderLayer(nn.Module):
+    def __init__(self, d_model, nhead, dim_feedforward=2048, dropout=0.1, normalize_before=False):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.normalize_before = normalize_before
+
+    def _ffn(self, x):
+        return self.linear2(self.dropout(F.relu(self.linear1(x))))
+
+    def forward(self, src, src_key_padding_mask=None, pos=None):
+        if self.normalize_before:
+            src2 = self.norm1(src)
+            q = k = _with_pos(src2, pos)
+            src = src + self.dropout1(self.self_attn(q, k, src2, key_padding_mask=src_key_padding_mask)[0])
+            return src + self.dropout2(self._ffn(self.norm2(src)))
+        q = k = _with_pos(src, pos)
+        src2 = self.self_attn(q, k, src, key_padding_mask=src_key_padding_mask)[0]
+        src = self.norm1(src + self.dropout1(src2))
+        return self.norm2(src + self.dropout2(self._ffn(src)))
+
+
+class TransformerDecoderLayer(nn.Module):
+    def __init__(self, d_model, nhead, dim_feedforward=2048, dropout=0.1, normalize_before=False):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
+        self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.norm3 = nn.LayerNorm(d_model)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.dropout3 = nn.Dropout(dropout)
+        self.normalize_before = normalize_before
+
+    def _ffn(self, x):
+        return self.linear2(self.dropout(F.relu(self.linear1(x))))
+
+    def forward(self, tgt, memory, memory_key_padding_mask=None, pos=None, query_pos=None):
+        if self.normalize_before:
+            tgt2 = self.norm1(tgt)
+            q = k = _with_pos(tgt2, query_pos)
+            tgt = tgt + self.dropout1(self.self_attn(q, k, tgt2)[0])
+            tgt2 = self.norm2(tgt)
+            tgt2 = self.multihead_attn(
+                _with_pos(tgt2, query_pos), _with_pos(memory, pos), memory,
+                key_padding_mask=memory_key_padding_mask,
+            )[0]
+            tgt = tgt + self.dropout2(tgt2)
+            return tgt + self.dropout3(self._ffn(self.norm3(tgt)))
+        q = k = _with_pos(tgt, query_pos)
+        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, tgt)[0]))
+        tgt2 = self.multihead_attn(
+            _with_pos(tgt, query_pos), _with_pos(memory, pos), memory, key_padding_mask=memory_key_padding_mask
+        )[0]
+        tgt = self.norm2(tgt + self.dropout2(tgt2))
+        return self.norm3(tgt + self.dropout3(self._ffn(tgt)))
+
+
+class Transformer(nn.Module):
+    """Encoder over the projected image features, decoder over learned object queries.
+
+    forward() returns the decoder outputs of every layer, (num_dec_layers, B, N, C), each passed through
+    the shared final decoder LayerNorm, and the encoded image ("memory"), (B, C, H, W).
+    """
+
+    def __init__(
+        self, d_model=256, nhead=8, num_encoder_layers=6, num_decoder_layers=6, dim_feedforward=2048,
+        dropout=0.1, normalize_before=False,
+    ):
+        super().__init__()
+        enc = TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, normalize_before)
+        dec = TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout, normalize_before)
+        self.encoder_layers = _clones(enc, num_encoder_layers)
+        # The encoder ends with a LayerNorm only in the pre-norm variant; the decoder always does.
+        self.encoder_norm = nn.LayerNorm(d_model) if normalize_before else None
+        self.decoder_layers = _clones(dec, num_decoder_layers)
+        self.decoder_norm = nn.LayerNorm(d_model)
+        self.d_model = d_model
+        self.nhead = nhead
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+
+    def forward(self, src, mask, query_embed, pos_embed):
+        """src: (B, C, H, W); mask: (B, H, W) True on padding; query_embed: (N, C); pos_embed: like src."""
+        bs, c, h, w = src.shape
+        src = src.flatten(2).permute(2, 0, 1)  # (HW, B, C)
+        pos_embed = pos_embed.flatten(2).permute(2, 0, 1)
+        query_pos = query_embed.unsqueeze(1).repeat(1, bs, 1)  # (N, B, C)
+        mask = mask.flatten(1)  # (B, HW)
+
+        memory = src
+        for layer in self.encoder_layers:
+            memory = layer(memory, src_key_padding_mask=mask, pos=pos_embed)
+        if self.encoder_norm is not None:
+            memory = self.encoder_norm(memory)
+
+        out = torch.zeros_like(query_pos)
+        intermediate = []
+        for layer in self.decoder_layers:
+            out = layer(out, memory, memory_key_padding_mask=mask, pos=pos_embed, query_pos=query_pos)
+            intermediate.append(self.decoder_norm(out))
+        hs = torch.stack(intermediate)  # (L, N, B, C)
+        return hs.transpose(1, 2), memory.permute(1, 2, 0).view(bs, c, h, w)
