@@ -1,0 +1,95 @@
+"""DETR's panoptic post-processing in Detectron2's ``panoptic_seg`` format, vectorized on tensors."""
+import torch
+import torch.nn.functional as F
+
+
+def select_queries(logits, threshold):
+    """Queries whose argmax over classes + no-object is not no-object and whose score > threshold.
+
+    logits: (N, K+1). Returns (keep (N,) bool, scores (N,), labels (N,)).
+    """
+    scores, labels = logits.softmax(-1).max(-1)
+    keep = labels.ne(logits.shape[-1] - 1) & (scores > threshold)
+    return keep, scores, labels
+
+
+def upsample_masks(mask_logits, padded_size, image_size):
+    """(Q, h, w) logits at stride 4 of the padded canvas → (Q, H_img, W_img): bilinear to the padded size,
+    then the image is cropped out of the canvas."""
+    if mask_logits.shape[0] == 0:
+        return mask_logits.new_zeros((0, *image_size))
+    masks = F.interpolate(mask_logits[:, None], size=tuple(padded_size), mode="bilinear", align_corners=False)
+    return masks[:, 0, : image_size[0], : image_size[1]]
+
+
+def _resize_ids(ids, output_size):
+    """Nearest resize of an id map, sampling pixel centers (as PIL's NEAREST)."""
+    if tuple(ids.shape) == tuple(output_size):
+        return ids
+    return F.interpolate(ids[None, None].float(), size=tuple(output_size), mode="nearest-exact")[0, 0].long()
+
+
+def panoptic_merge(mask_logits, classes, scores, is_thing, output_size, min_area=4, stuff_merge="first"):
+    """Merge per-query masks into one panoptic segmentation, as DETR's post-processing behaves.
+
+    mask_logits: (Q, H, W) at the processed image size, for the kept queries in query order; classes,
+    scores: (Q,); is_thing: (K,) bool per contiguous class; output_size: (H_out, W_out).
+
+    Each pixel goes to the query with the highest mask logit. With ``stuff_merge="first"`` (DETR), pixels
+    of every stuff query are first relabeled to the lowest-index query of the same class; the duplicates
+    then have zero area and fall to the small-segment filter, after which the argmax is recomputed without
+    them (and without relabeling), repeatedly until no segment has area <= min_area at the output size.
+    ``"union"`` keeps same-class stuff merged into one segment throughout.
+    Segment ids are 1..n in query order; 0 is void. Returns (int32 (H_out, W_out), segments_info).
+    """
+    if stuff_merge not in ("first", "union"):
+        raise ValueError(f"MODEL.DETR.TEST.STUFF_MERGE must be 'first' or 'union', got {stuff_merge!r}")
+    q = mask_logits.shape[0]
+    device = mask_logits.device
+    # rep[i]: the query whose segment query i's pixels join (itself, or the first stuff query of its class).
+    rep = torch.arange(q, device=device)
+    stuff = ~is_thing.to(device)[classes]
+    if q:
+        same = (classes[:, None] == classes[None, :]) & stuff[:, None] & stuff[None, :]
+        rep = torch.where(stuff, same.int().argmax(1), rep)
+    alive = torch.ones(q, dtype=torch.bool, device=device)
+    relabel, relabeled = True, False
+    while True:
+        idx = alive.nonzero()[:, 0]
+        if len(idx) == 0:
+            ids = torch.full(tuple(output_size), -1, dtype=torch.long, device=device)
+            break
+        ids = idx[mask_logits[idx].argmax(0)]  # (H, W) query index
+        relabeled = relabel
+        if relabeled:
+            ids = rep[ids]
+        ids = _resize_ids(ids, output_size)
+        area = torch.bincount(ids.flatten(), minlength=q)
+        if stuff_merge == "union":
+            small = alive & (rep == torch.arange(q, device=device)) & (area <= min_area)
+            small = small[rep]  # a removed group takes its members along
+        else:
+            small = alive & (area <= min_area)
+            relabel = False  # DETR relabels same-class stuff in the first pass only
+        if not small.any():
+            break
+        alive &= ~small
+    # Final ids: 1..n over the segments that own pixels, in query order.
+    owners = alive & (rep == torch.arange(q, device=device)) if relabeled else alive
+    new_id = torch.zeros(q + 1, dtype=torch.int32, device=device)
+    seg_queries = owners.nonzero()[:, 0]
+    new_id[seg_queries] = torch.arange(1, len(seg_queries) + 1, dtype=torch.int32, device=device)
+    panoptic = new_id[ids]  # -1 → index q → 0 (void)
+    area = torch.bincount(panoptic.flatten().long(), minlength=len(seg_queries) + 1).tolist()
+    is_thing_cpu, classes_l, scores_l = is_thing.tolist(), classes.tolist(), scores.tolist()
+    segments_info = [
+        {
+            "id": i + 1,
+            "isthing": bool(is_thing_cpu[classes_l[qi]]),
+            "category_id": int(classes_l[qi]),
+            "score": float(scores_l[qi]),
+            "area": int(area[i + 1]),
+        }
+        for i, qi in enumerate(seg_queries.tolist())
+    ]
+    return panoptic, segments_info
