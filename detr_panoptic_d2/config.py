@@ -15,6 +15,8 @@ def add_detr_panoptic_config(cfg):
     cfg.MODEL.DETR.DROPOUT = 0.1
     cfg.MODEL.DETR.PRE_NORM = False
     cfg.MODEL.DETR.NUM_OBJECT_QUERIES = 100
+    # Backbone feature fed to the transformer (DETR: res5; DC5 through MODEL.RESNETS.RES5_DILATION).
+    cfg.MODEL.DETR.IN_FEATURE = "res5"
     # Auxiliary (deep supervision) losses on every intermediate decoder layer.
     cfg.MODEL.DETR.DEEP_SUPERVISION = True
     # Relative weight of the no-object class in the classification loss ("eos_coef").

@@ -1,0 +1,2 @@
+from .dataset_mapper import DetrPanopticDatasetMapper, build_detr_augmentations
+from .toy_dataset import generate_toy_panoptic, register_toy_panoptic, register_toy_panoptic_from_cfg

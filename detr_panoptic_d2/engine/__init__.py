@@ -1,0 +1,2 @@
+from .optimizer import build_detr_optimizer
+from .trainer import DetrPanopticTrainer, load_dataset_dicts

@@ -124,7 +124,7 @@ class DetrPanoptic(nn.Module):
         )
         t = d.TEST
         return {
-            "backbone": backbone, "transformer": transformer, "num_classes": d.NUM_CLASSES,
+            "backbone": backbone, "transformer": transformer, "num_classes": d.NUM_CLASSES, "in_feature": d.IN_FEATURE,
             "num_queries": d.NUM_OBJECT_QUERIES, "criterion": criterion, "mask_head": mask_head,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD,
             "aux_loss": d.DEEP_SUPERVISION, "is_thing": _is_thing_from_metadata(cfg, d.NUM_CLASSES),

@@ -1,0 +1,53 @@
+#!/usr/bin/env python
+"""Train or evaluate DETR panoptic with Detectron2's DefaultTrainer.
+
+    python tools/train_net.py --config-file configs/toy/detr_R18_toy_stage1.yaml
+    python tools/train_net.py --config-file CONFIG --num-gpus 8
+    python tools/train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS model.pth
+    python tools/train_net.py --config-file CONFIG --resume
+"""
+import logging
+
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup, launch
+
+from detr_panoptic_d2 import add_detr_panoptic_config
+from detr_panoptic_d2.engine import DetrPanopticTrainer
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_detr_panoptic_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logging.getLogger("detr_panoptic_d2").warning("CUDA is not available: MODEL.DEVICE set to cpu")
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        if not cfg.MODEL.WEIGHTS:
+            logging.getLogger("detr_panoptic_d2").warning(
+                "--eval-only without MODEL.WEIGHTS: evaluating a RANDOMLY INITIALIZED model. "
+                "Pass MODEL.WEIGHTS path/to/model.pth."
+            )
+        model = DetrPanopticTrainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        return DetrPanopticTrainer.test(cfg, model)
+    trainer = DetrPanopticTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
