@@ -69,7 +69,6 @@ def main():
 
     cfg = setup_cfg(args)
     register_toy_panoptic_from_cfg(cfg)
-    predictor = DefaultPredictor(cfg)
     dataset_dicts = None
     if args.dataset:
         dataset_dicts = DatasetCatalog.get(args.dataset)[: args.num]
@@ -77,7 +76,11 @@ def main():
         files = [d["file_name"] for d in dataset_dicts]
     else:
         metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
-        files = list_inputs(args.input)
+        try:
+            files = list_inputs(args.input)
+        except FileNotFoundError as e:
+            parser.error(str(e))
+    predictor = DefaultPredictor(cfg)
     os.makedirs(args.output, exist_ok=True)
     for i, path in enumerate(tqdm.tqdm(files, disable=len(files) < 2, desc="images")):
         bgr = cv2.imread(path, cv2.IMREAD_COLOR)

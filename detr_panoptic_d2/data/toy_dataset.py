@@ -277,16 +277,20 @@ def register_toy_panoptic(root, names=("toy_panoptic_train", "toy_panoptic_val")
     Names already registered are skipped. Files are read lazily, when the data set is loaded,
     so :func:`generate_toy_panoptic` must have run by then. Returns the names.
     """
-    from detectron2.data import DatasetCatalog
+    from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.datasets import register_coco_panoptic
 
     root = os.fspath(root)
     if len(names) != len(_SPLITS):
         raise ValueError(f"names must give one name per split {_SPLITS}, got {names!r}")
     for name, split in zip(names, _SPLITS):
-        if name in DatasetCatalog.list():
-            continue
         p = _split_paths(root, split)
+        if name in DatasetCatalog.list():
+            if MetadataCatalog.get(name).get("panoptic_json") == p["panoptic_json"]:
+                continue
+            # registered for another root: replace it rather than silently use the other files
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
         if not os.path.isfile(p["panoptic_json"]):
             logger.warning("%s does not exist yet; run generate_toy_panoptic(%r)",
                            p["panoptic_json"], root)

@@ -8,6 +8,7 @@ from detectron2.data import (
     get_detection_dataset_dicts,
 )
 from detectron2.engine import DefaultTrainer
+from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator, DatasetEvaluators
 
 from ..data.dataset_mapper import DetrPanopticDatasetMapper
@@ -28,11 +29,27 @@ def load_dataset_dicts(names, filter_empty=False):
             files.append(f"{name}: {getattr(meta, 'panoptic_json', None) or getattr(meta, 'json_file', '?')}")
         if isinstance(e, KeyError):
             msg = f"unknown category id {e} (not in the data set's metadata)"
-        elif isinstance(e, json.JSONDecodeError):
+        elif isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)):
             msg = f"corrupt annotation JSON ({e})"
         else:
             msg = str(e)
-        raise type(e)(f"cannot load data set {'; '.join(files)}: {msg}") from e
+        text = f"cannot load data set {'; '.join(files)}: {msg}"
+        try:
+            error = type(e)(text)
+        except TypeError:  # JSONDecodeError, UnicodeDecodeError, ...: constructors that need more arguments
+            error = ValueError(text) if isinstance(e, ValueError) else RuntimeError(text)
+        raise error from e
+
+
+def _create_ddp_model(model, **kwargs):
+    """Detectron2's ``create_ddp_model``, also for CPU models: it passes ``device_ids=[local_rank]``, which
+    DistributedDataParallel rejects for a module on the CPU (multi-process CPU training with gloo)."""
+    if "device_ids" not in kwargs and all(p.device.type == "cpu" for p in model.parameters()):
+        kwargs["device_ids"] = None
+    return _d2_create_ddp_model(model, **kwargs)
+
+
+_d2_create_ddp_model = d2_defaults.create_ddp_model
 
 
 class DetrPanopticTrainer(DefaultTrainer):
@@ -41,7 +58,13 @@ class DetrPanopticTrainer(DefaultTrainer):
 
     def __init__(self, cfg):
         register_toy_panoptic_from_cfg(cfg)
-        super().__init__(cfg)
+        # DefaultTrainer.__init__ wraps the model with the module-level create_ddp_model of
+        # detectron2.engine.defaults; swap in the CPU-aware one for the duration of the call.
+        d2_defaults.create_ddp_model = _create_ddp_model
+        try:
+            super().__init__(cfg)
+        finally:
+            d2_defaults.create_ddp_model = _d2_create_ddp_model
 
     @classmethod
     def build_train_loader(cls, cfg):
