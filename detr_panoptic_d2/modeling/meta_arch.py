@@ -329,8 +329,12 @@ class DetrPanoptic(nn.Module):
         inst.pred_boxes = Boxes(cxcywh_to_xyxy(boxes) * boxes.new_tensor([w, h, w, h]))
         inst.scores = scores
         inst.pred_classes = classes
+        if mask_logits is not None:  # carried through detector_postprocess, which drops empty boxes
+            inst.pred_mask_logits = mask_logits
         inst = detector_postprocess(inst, *out_size)
         if mask_logits is not None:
+            mask_logits = inst.pred_mask_logits
+            inst.remove("pred_mask_logits")
             # DETR: sigmoid > 0.5 at the image size, then nearest resize to the output size
             m = (mask_logits > 0)[:, None].float()
             inst.pred_masks = F.interpolate(m, size=out_size, mode="nearest")[:, 0] > 0.5 if len(m) else (

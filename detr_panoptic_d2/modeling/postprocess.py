@@ -1,4 +1,6 @@
 """DETR's panoptic post-processing in Detectron2's ``panoptic_seg`` format, vectorized on tensors."""
+import itertools
+
 import torch
 import torch.nn.functional as F
 
@@ -22,11 +24,22 @@ def upsample_masks(mask_logits, padded_size, image_size):
     return masks[:, 0, : image_size[0], : image_size[1]]
 
 
+def _pil_nearest_index(n_in, n_out, device):
+    """Source index of each output pixel exactly as PIL's NEAREST resize picks it (ImagingScaleAffine): the
+    sampling position starts at scale / 2 and accumulates scale in double precision, then is truncated.
+    (torch's "nearest-exact" rounds differently where a position falls on an integer.)"""
+    scale = n_in / n_out
+    pos = itertools.accumulate([scale] * (n_out - 1), initial=scale * 0.5)
+    return torch.tensor([min(int(p), n_in - 1) for p in pos], dtype=torch.long, device=device)
+
+
 def _resize_ids(ids, output_size):
-    """Nearest resize of an id map, sampling pixel centers (as PIL's NEAREST)."""
+    """Nearest resize of an id map, sampling pixel centers as PIL's NEAREST (DETR resizes its id PNG)."""
     if tuple(ids.shape) == tuple(output_size):
         return ids
-    return F.interpolate(ids[None, None].float(), size=tuple(output_size), mode="nearest-exact")[0, 0].long()
+    rows = _pil_nearest_index(ids.shape[0], output_size[0], ids.device)
+    cols = _pil_nearest_index(ids.shape[1], output_size[1], ids.device)
+    return ids[rows[:, None], cols[None, :]]
 
 
 def panoptic_merge(mask_logits, classes, scores, is_thing, output_size, min_area=4, stuff_merge="first"):
@@ -53,18 +66,14 @@ def panoptic_merge(mask_logits, classes, scores, is_thing, output_size, min_area
         same = (classes[:, None] == classes[None, :]) & stuff[:, None] & stuff[None, :]
         rep = torch.where(stuff, same.int().argmax(1), rep)
     alive = torch.ones(q, dtype=torch.bool, device=device)
-    relabel, relabeled = True, False
+    # raw: per pixel, the alive query with the highest logit (first one on ties); -1 where none is alive.
+    raw = mask_logits.max(0).indices if q else torch.full(mask_logits.shape[1:], -1, dtype=torch.long, device=device)
+    relabel = True
     while True:
-        idx = alive.nonzero()[:, 0]
-        if len(idx) == 0:
-            ids = torch.full(tuple(output_size), -1, dtype=torch.long, device=device)
-            break
-        ids = idx[mask_logits[idx].argmax(0)]  # (H, W) query index
-        relabeled = relabel
-        if relabeled:
-            ids = rep[ids]
+        relabeled = relabel and q > 0
+        ids = torch.where(raw >= 0, rep[raw.clamp(min=0)], raw) if relabeled else raw
         ids = _resize_ids(ids, output_size)
-        area = torch.bincount(ids.flatten(), minlength=q)
+        area = torch.bincount(ids.flatten() + 1, minlength=q + 1)[1:]
         if stuff_merge == "union":
             small = alive & (rep == torch.arange(q, device=device)) & (area <= min_area)
             small = small[rep]  # a removed group takes its members along
@@ -74,6 +83,14 @@ def panoptic_merge(mask_logits, classes, scores, is_thing, output_size, min_area
         if not small.any():
             break
         alive &= ~small
+        # Only pixels whose query was removed change owner: recompute the argmax there, over the alive queries.
+        dead = (raw >= 0) & ~alive[raw.clamp(min=0)]
+        if not alive.any():
+            raw = torch.full_like(raw, -1)
+        elif dead.any():
+            sub = mask_logits[:, dead]  # (Q, P)
+            sub[~alive] = float("-inf")
+            raw[dead] = sub.max(0).indices
     # Final ids: 1..n over the segments that own pixels, in query order.
     owners = alive & (rep == torch.arange(q, device=device)) if relabeled else alive
     new_id = torch.zeros(q + 1, dtype=torch.int32, device=device)
