@@ -1,0 +1,23 @@
+"""Converters of original DETR and torchvision ResNet weights into this plugin's Detectron2 checkpoints."""
+from .detr_converter import (
+    METADATA,
+    DetrCheckpointInfo,
+    config_overrides,
+    contiguous_id_map,
+    convert_detr_checkpoint,
+    convert_detr_state_dict,
+    remap_class_rows,
+)
+from .torchvision_converter import (
+    convert_resnet_state_dict,
+    convert_torchvision_resnet,
+    load_state_dict_file,
+    rename_torchvision_resnet_key,
+    save_d2_checkpoint,
+)
+
+__all__ = [
+    "METADATA", "DetrCheckpointInfo", "config_overrides", "contiguous_id_map", "convert_detr_checkpoint",
+    "convert_detr_state_dict", "remap_class_rows", "convert_resnet_state_dict", "convert_torchvision_resnet",
+    "load_state_dict_file", "rename_torchvision_resnet_key", "save_d2_checkpoint",
+]

@@ -47,7 +47,7 @@ class SetCriterion(nn.Module):
         self.box_losses = box_losses
         empty_weight = torch.ones(num_classes + 1)
         empty_weight[-1] = eos_coef
-        self.register_buffer("empty_weight", empty_weight)
+        self.register_buffer("empty_weight", empty_weight, persistent=False)  # from the config, not checkpoints
 
     @staticmethod
     def _src_permutation_idx(indices):

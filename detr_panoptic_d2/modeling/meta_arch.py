@@ -153,7 +153,7 @@ class DetrPanoptic(nn.Module):
         state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
         if not isinstance(state, dict):
             raise ValueError(f"MODEL.DETR.FROZEN_WEIGHTS: {path} holds no state dict")
-        state = {k: v for k, v in state.items() if not k.startswith("mask_head.")}
+        state = {k: v for k, v in state.items() if not k.startswith(("mask_head.", "criterion."))}
         own = {k: v for k, v in self.state_dict().items() if not k.startswith("mask_head.")}
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         shape = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
