@@ -210,15 +210,18 @@ class DetrPanoptic(nn.Module):
         )
 
     def forward(self, batched_inputs):
+        if not self.training:
+            with torch.inference_mode():
+                images, mask = self.preprocess_image(batched_inputs)
+                outputs, state = self.detect(images, mask)
+                return self.inference(batched_inputs, images, outputs, state)
         images, mask = self.preprocess_image(batched_inputs)
         if self.frozen:
             with torch.no_grad():
                 outputs, state = self.detect(images, mask)
         else:
             outputs, state = self.detect(images, mask)
-        if self.training:
-            return self.losses(batched_inputs, images, outputs, state)
-        return self.inference(batched_inputs, images, outputs, state)
+        return self.losses(batched_inputs, images, outputs, state)
 
     def prepare_targets(self, batched_inputs, images):
         targets = []
