@@ -67,6 +67,11 @@ class DetrPanopticTrainer(DefaultTrainer):
             d2_defaults.create_ddp_model = _d2_create_ddp_model
 
     @classmethod
+    def build_model(cls, cfg):
+        register_toy_panoptic_from_cfg(cfg)  # the model reads the thing/stuff split from the metadata
+        return super().build_model(cfg)
+
+    @classmethod
     def build_train_loader(cls, cfg):
         dicts = load_dataset_dicts(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
         return build_detection_train_loader(cfg, mapper=DetrPanopticDatasetMapper(cfg, True), dataset=dicts)

@@ -37,11 +37,10 @@ class MLP(nn.Module):
         return x
 
 
-def _is_thing_from_metadata(cfg, num_classes):
-    """(K,) bool: which contiguous classes are things, from the metadata of the configured data sets."""
-    is_thing = torch.ones(num_classes, dtype=torch.bool)
-    names = list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
-    for name in names:
+def is_thing_from_metadata(dataset_names, num_classes):
+    """(K,) bool: which contiguous classes are things, from the first of the data sets whose metadata has
+    ``thing_dataset_id_to_contiguous_id``; None when none has it (yet)."""
+    for name in dataset_names:
         meta = MetadataCatalog.get(name)
         if not hasattr(meta, "thing_dataset_id_to_contiguous_id"):
             continue
@@ -52,10 +51,10 @@ def _is_thing_from_metadata(cfg, num_classes):
                 f"MODEL.DETR.NUM_CLASSES={num_classes} but data set {name!r} has contiguous class ids up to "
                 f"{max(all_ids)}: set MODEL.DETR.NUM_CLASSES to at least {max(all_ids) + 1}"
             )
-        is_thing[:] = False
+        is_thing = torch.zeros(num_classes, dtype=torch.bool)
         is_thing[list(things)] = True
-        break
-    return is_thing
+        return is_thing
+    return None
 
 
 @META_ARCH_REGISTRY.register()
@@ -70,7 +69,8 @@ class DetrPanoptic(nn.Module):
     @configurable
     def __init__(
         self, *, backbone, transformer, num_classes, num_queries, criterion, mask_head=None,
-        in_feature="res5", pixel_mean, pixel_std, aux_loss=True, is_thing=None, object_mask_threshold=0.85,
+        in_feature="res5", pixel_mean, pixel_std, aux_loss=True, is_thing=None, metadata_names=(),
+        object_mask_threshold=0.85,
         min_segment_area=4, stuff_merge="first", panoptic_on=True, instance_on=True, masks_for_kept_only=True,
         train_matched_only=True, frozen_weights="",
     ):
@@ -91,8 +91,15 @@ class DetrPanoptic(nn.Module):
         self.aux_loss = aux_loss
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        # Thing/stuff split of the classes: given, or read from the data sets' metadata (again at the first
+        # inference when they were registered after the model was built).
+        self.metadata_names = tuple(metadata_names)
+        self._is_thing_known = is_thing is not None
         if is_thing is None:
-            is_thing = torch.ones(num_classes, dtype=torch.bool)
+            is_thing = is_thing_from_metadata(self.metadata_names, num_classes)
+            self._is_thing_known = is_thing is not None
+            if is_thing is None:
+                is_thing = torch.ones(num_classes, dtype=torch.bool)
         self.register_buffer("is_thing", is_thing, False)
         self.object_mask_threshold = object_mask_threshold
         self.min_segment_area = min_segment_area
@@ -127,7 +134,7 @@ class DetrPanoptic(nn.Module):
             "backbone": backbone, "transformer": transformer, "num_classes": d.NUM_CLASSES, "in_feature": d.IN_FEATURE,
             "num_queries": d.NUM_OBJECT_QUERIES, "criterion": criterion, "mask_head": mask_head,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD,
-            "aux_loss": d.DEEP_SUPERVISION, "is_thing": _is_thing_from_metadata(cfg, d.NUM_CLASSES),
+            "aux_loss": d.DEEP_SUPERVISION, "metadata_names": list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN),
             "object_mask_threshold": t.OBJECT_MASK_THRESHOLD, "min_segment_area": t.MIN_SEGMENT_AREA,
             "stuff_merge": t.STUFF_MERGE, "panoptic_on": t.PANOPTIC_ON, "instance_on": t.INSTANCE_ON,
             "masks_for_kept_only": t.MASKS_FOR_KEPT_ONLY,
@@ -280,7 +287,21 @@ class DetrPanoptic(nn.Module):
             need |= inst_sel
         return need
 
+    def _resolve_is_thing(self):
+        if self._is_thing_known:
+            return
+        is_thing = is_thing_from_metadata(self.metadata_names, self.num_classes)
+        if is_thing is None:
+            logger.warning(
+                f"No thing/stuff metadata for data sets {self.metadata_names}: every class is treated as a thing "
+                "(no stuff merging). Register the data set before inference or set DATASETS.TEST."
+            )
+        else:
+            self.is_thing.copy_(is_thing.to(self.is_thing.device))
+        self._is_thing_known = True
+
     def inference(self, batched_inputs, images, outputs, state):
+        self._resolve_is_thing()
         logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
         bsz, n = logits.shape[:2]
         probs = logits.softmax(-1)

@@ -177,3 +177,27 @@ def test_prepare_targets_drops_masks_of_degenerate_boxes():
     assert t0["masks"].shape == (2, 96, 96) and t0["labels"].tolist() == [0, 2]
     assert torch.equal(t0["masks"][:, :64, :96], gm[[0, 2]]) and not t0["masks"][:, 64:].any()
     assert torch.equal(t1["masks"][:, :, :64], y["instances"].gt_masks.tensor) and not t1["masks"][:, :, 64:].any()
+
+
+def _register_metadata(name, things, stuff):
+    from detectron2.data import MetadataCatalog
+
+    MetadataCatalog.get(name).set(
+        thing_dataset_id_to_contiguous_id={10 + c: c for c in things},
+        stuff_dataset_id_to_contiguous_id={10 + c: c for c in list(things) + list(stuff)},
+    )
+
+
+def test_thing_stuff_split_from_metadata_registered_after_build():
+    cfg = tiny_cfg(mask_head=True, **{"DATASETS.TEST": ("late_registered_set_for_test",)})
+    model = build_model(cfg).eval()
+    assert model.is_thing.all()  # nothing known yet
+    _register_metadata("late_registered_set_for_test", things=[0, 1], stuff=[2, 3, 4])
+    model([make_input(64, 64, 0)])
+    assert model.is_thing.tolist() == [True, True, False, False, False]
+
+
+def test_metadata_with_more_classes_than_the_model_is_rejected():
+    _register_metadata("too_many_classes_set_for_test", things=[0], stuff=list(range(1, NUM_CLASSES + 2)))
+    with pytest.raises(ValueError, match="MODEL.DETR.NUM_CLASSES"):
+        build_model(tiny_cfg(**{"DATASETS.TEST": ("too_many_classes_set_for_test",)}))
