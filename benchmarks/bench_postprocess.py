@@ -1,0 +1,68 @@
+#!/usr/bin/env python
+"""Panoptic post-processing time vs. number of kept queries (mask upsampling + merge), at 800x1333.
+
+    python benchmarks/bench_postprocess.py [--threads 2] [--device cpu] [--size 800 1333] [--with-model]
+
+Random mask logits (the worst case: many small fragments for the small-segment filter). With --with-model,
+the R-50 model's own time for the same number of queries (backbone, transformer and mask head, the rest of
+inference) is measured too, and post-processing is printed as a share of it.
+"""
+import argparse
+
+import torch
+from common import build_cfg, build_eval_model, fake_image, machine_line, timed
+
+from detr_panoptic_d2.modeling.postprocess import panoptic_merge, upsample_masks
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--size", type=int, nargs=2, default=(800, 1333))
+    p.add_argument("--kept", type=int, nargs="+", default=(10, 50, 100))
+    p.add_argument("--num-classes", type=int, default=133)
+    p.add_argument("--with-model", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    h, w = args.size
+    hm, wm = (h + 31) // 32 * 8, (w + 31) // 32 * 8  # stride-4 mask size of the padded canvas
+    is_thing = torch.arange(args.num_classes, device=args.device) < 80
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else None
+    print(machine_line(args.device))
+    model = build_eval_model(build_cfg(device=args.device)) if args.with_model else None
+    header = f"{'kept':>5} | {'upsample ms':>11} | {'merge ms':>8} | {'total ms':>8}"
+    print(header + (f" | {'model ms':>8} | {'share':>6}" if model is not None else ""))
+    for k in args.kept:
+        g = torch.Generator().manual_seed(k)
+        logits = torch.randn(k, hm, wm, generator=g).to(args.device) * 4
+        classes = torch.randint(0, args.num_classes, (k,), generator=g).to(args.device)
+        scores = torch.rand(k, generator=g).to(args.device)
+        with torch.inference_mode():
+            t_up, _ = timed(lambda: upsample_masks(logits, (hm * 4, wm * 4), (h, w)), sync=sync)
+            up = upsample_masks(logits, (hm * 4, wm * 4), (h, w))
+            t_merge, _ = timed(lambda: panoptic_merge(up, classes, scores, is_thing, (h, w)), sync=sync)
+        row = f"{k:>5} | {t_up * 1e3:>11.1f} | {t_merge * 1e3:>8.1f} | {(t_up + t_merge) * 1e3:>8.1f}"
+        if model is not None:
+            t_model = model_time(model, h, w, k, args.device, sync)
+            row += f" | {t_model * 1e3:>8.0f} | {100 * (t_up + t_merge) / t_model:>5.1f}%"
+        print(row, flush=True)
+
+
+def model_time(model, h, w, kept, device, sync):
+    """Backbone + transformer + heads + mask head for ``kept`` queries: the model's share of inference."""
+    inputs = [{"image": fake_image(h, w, device)}]
+    q = torch.arange(kept, device=device)
+
+    def run():
+        with torch.inference_mode():
+            images, mask = model.preprocess_image(inputs)
+            _, state = model.detect(images, mask)
+            model.predict_masks(state, torch.zeros_like(q), q)
+
+    t, _ = timed(run, warmup=1, repeat=5, sync=sync)
+    return t
+
+
+if __name__ == "__main__":
+    main()
