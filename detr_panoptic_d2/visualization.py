@@ -51,7 +51,7 @@ def explain_queries(model, inputs, metadata, out_path, input_format="RGB", max_q
     keep, scores, labels = select_queries(outputs["pred_logits"][0], model.object_mask_threshold)
     queries = keep.nonzero()[:, 0][:max_queries]
     h, w = images.image_sizes[0]
-    image = inputs["image"].permute(1, 2, 0).cpu().numpy()
+    image = inputs["image"].permute(1, 2, 0).cpu().numpy().clip(0, 255).astype(np.uint8)
     if input_format == "BGR":
         image = image[..., ::-1]
     heads = model.mask_head.bbox_attention.num_heads
