@@ -46,6 +46,11 @@ def add_detr_panoptic_config(cfg):
     # Stage-2 training: run the attention maps and the upsampler on matched queries only
     # (identical loss and gradients, much less compute).
     cfg.MODEL.MASK_HEAD.TRAIN_MATCHED_ONLY = True
+    # DetrMaskHead: multiply the attention maps by (heads x non-padded positions), so that uniform attention
+    # is 1, the scale of the projected image features they are concatenated with, instead of 1 / (M h w).
+    # False is DETR's head (and the official checkpoints). True lets a head trained from scratch use the
+    # maps within hundreds rather than thousands of iterations (the toy configs).
+    cfg.MODEL.MASK_HEAD.SCALE_ATTENTION_MAPS = False
 
     # Panoptic inference.
     cfg.MODEL.DETR.TEST = CN()

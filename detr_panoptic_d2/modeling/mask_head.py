@@ -25,12 +25,15 @@ def build_mask_head(cfg, input_shape):
 class MHAttentionMap(nn.Module):
     """Attention weights (no values) of each query over the encoded image.
 
-    Softmax is joint over heads and positions; padding positions get zero weight.
+    Softmax is joint over heads and positions; padding positions get zero weight. With
+    ``scale_to_uniform`` the weights are multiplied by (heads x non-padded positions), so that uniform
+    attention is 1 rather than 1 / (M h w); DETR's head leaves them summing to 1.
     """
 
-    def __init__(self, query_dim, hidden_dim, num_heads, dropout=0.0, bias=True):
+    def __init__(self, query_dim, hidden_dim, num_heads, dropout=0.0, bias=True, scale_to_uniform=False):
         super().__init__()
         self.num_heads = num_heads
+        self.scale_to_uniform = scale_to_uniform
         self.hidden_dim = hidden_dim
         self.dropout = nn.Dropout(dropout)
         self.q_linear = nn.Linear(query_dim, hidden_dim, bias=bias)
@@ -52,6 +55,9 @@ class MHAttentionMap(nn.Module):
         if mask is not None:
             weights = weights.masked_fill(mask[None, None], float("-inf"))
         weights = F.softmax(weights.flatten(1), dim=-1).view(weights.shape)
+        if self.scale_to_uniform:
+            positions = weights[0, 0].numel() if mask is None else int((~mask).sum())
+            weights = weights * float(self.num_heads * positions)
         return self.dropout(weights)
 
 
@@ -115,7 +121,9 @@ class DetrMaskHead(nn.Module):
             )
         self.in_features = list(cfg.MODEL.MASK_HEAD.IN_FEATURES)
         fpn_dims = [input_shape[f].channels for f in self.in_features]
-        self.bbox_attention = MHAttentionMap(hidden_dim, hidden_dim, nheads, dropout=0.0)
+        self.bbox_attention = MHAttentionMap(
+            hidden_dim, hidden_dim, nheads, dropout=0.0, scale_to_uniform=cfg.MODEL.MASK_HEAD.SCALE_ATTENTION_MAPS
+        )
         self.mask_head = MaskHeadSmallConv(hidden_dim + nheads, fpn_dims, hidden_dim)
 
     def forward(self, box_embed, memory, memory_mask, src_proj, features, query_index):

@@ -50,6 +50,31 @@ def test_attention_map_against_hand_einsum():
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-5)
 
 
+def test_attention_map_scaled_to_uniform():
+    """SCALE_ATTENTION_MAPS: DETR's maps times (heads x non-padded positions); uniform attention gives 1."""
+    q, k, mask = _attention_inputs(seed=3)
+    torch.manual_seed(2)
+    detr = MHAttentionMap(16, 16, num_heads=4)
+    scaled = MHAttentionMap(16, 16, num_heads=4, scale_to_uniform=True)
+    scaled.load_state_dict(detr.state_dict())
+    valid = int((~mask).sum())
+    assert valid == 8
+    torch.testing.assert_close(scaled(q, k, mask), detr(q, k, mask) * (4 * valid))
+    torch.testing.assert_close(scaled(q, k), detr(q, k) * (4 * 15))  # no padding mask: all 3 x 5 positions
+    with torch.no_grad():
+        scaled.q_linear.weight.zero_()  # every logit 0: uniform attention over the valid positions
+    out = scaled(q, k, mask)
+    torch.testing.assert_close(out[:, :, ~mask], torch.ones(4, 4, valid))
+    assert (out[:, :, mask] == 0).all()
+
+
+def test_mask_head_attention_scale_from_config():
+    assert not tiny_cfg().MODEL.MASK_HEAD.SCALE_ATTENTION_MAPS  # DETR's head by default
+    for flag in (False, True):
+        head = build_tiny_model(mask_head=True, **{"MODEL.MASK_HEAD.SCALE_ATTENTION_MAPS": flag}).mask_head
+        assert head.bbox_attention.scale_to_uniform is flag
+
+
 # ---- MaskHeadSmallConv / DetrMaskHead ------------------------------------------------------------------
 def test_group_norms_have_8_groups():
     head = MaskHeadSmallConv(136, [256, 128, 64], 128)
