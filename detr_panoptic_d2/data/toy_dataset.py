@@ -232,6 +232,10 @@ def generate_toy_panoptic(
         "num_val": int(num_val),
         "image_size": [lo, hi],
         "seed": int(seed),
+        # The generator's constants are part of the cache key: changing one regenerates a cached set.
+        "thing_size": list(_THING_SIZE),
+        "min_thing_area": _MIN_THING_AREA,
+        "num_things_p": _NUM_THINGS_P.tolist(),
     }
     result = {"root": root, **{s: _split_paths(root, s) for s in _SPLITS}}
     meta_path = os.path.join(root, "meta.json")

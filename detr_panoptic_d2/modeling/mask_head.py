@@ -55,9 +55,9 @@ class MHAttentionMap(nn.Module):
         if mask is not None:
             weights = weights.masked_fill(mask[None, None], float("-inf"))
         weights = F.softmax(weights.flatten(1), dim=-1).view(weights.shape)
-        if self.scale_to_uniform:
-            positions = weights[0, 0].numel() if mask is None else int((~mask).sum())
-            weights = weights * float(self.num_heads * positions)
+        if self.scale_to_uniform:  # a tensor count: no host sync per image
+            positions = weights[0, 0].numel() if mask is None else (~mask).sum()
+            weights = weights * (self.num_heads * positions)
         return self.dropout(weights)
 
 

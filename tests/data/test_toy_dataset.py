@@ -111,6 +111,18 @@ def test_deterministic_and_cached(tmp_path):
                                  overwrite=True)["generated"] is True
 
 
+def test_cache_regenerates_when_generator_constants_change(tmp_path, monkeypatch):
+    """A cached set made with other thing constants must not stand in for the current generator's."""
+    from detr_panoptic_d2.data import toy_dataset
+
+    assert generate_toy_panoptic(tmp_path, num_train=2, num_val=1)["generated"] is True
+    assert generate_toy_panoptic(tmp_path, num_train=2, num_val=1)["generated"] is False
+    monkeypatch.setattr(toy_dataset, "_NUM_THINGS_P", np.array([0.0, 0.0, 1.0]))
+    assert generate_toy_panoptic(tmp_path, num_train=2, num_val=1)["generated"] is True
+    monkeypatch.setattr(toy_dataset, "_THING_SIZE", (0.3, 0.4))
+    assert generate_toy_panoptic(tmp_path, num_train=2, num_val=1)["generated"] is True
+
+
 @pytest.mark.parametrize(
     "kwargs, word",
     [
