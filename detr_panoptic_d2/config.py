@@ -60,8 +60,14 @@ def add_detr_panoptic_config(cfg):
     cfg.MODEL.DETR.TEST.OBJECT_MASK_THRESHOLD = 0.85
     # Segments with area <= this many pixels (at the output size) are removed, repeatedly.
     cfg.MODEL.DETR.TEST.MIN_SEGMENT_AREA = 4
-    # "first": DETR's behaviour (only the lowest-index query of each stuff class survives);
-    # "union": same-class stuff masks are merged into one segment.
+    # How kept queries' masks become one panoptic segmentation:
+    # "detr": DETR's post-processing (each pixel to the highest mask logit; the official checkpoints' PQ);
+    # "maskformer": MaskFormer's (each pixel to the highest score x mask probability, only where that mask's
+    # probability is >= 0.5; a query winning < OVERLAP_THRESHOLD of its own mask is dropped as a duplicate).
+    cfg.MODEL.DETR.TEST.PANOPTIC_MERGE = "detr"
+    cfg.MODEL.DETR.TEST.OVERLAP_THRESHOLD = 0.8
+    # "detr" merge only. "first": DETR's behaviour (only the lowest-index query of each stuff class
+    # survives); "union": same-class stuff masks are merged into one segment. ("maskformer" always unions.)
     cfg.MODEL.DETR.TEST.STUFF_MERGE = "first"
     # Inference fast path: run the mask head only for queries that pass the threshold.
     cfg.MODEL.DETR.TEST.MASKS_FOR_KEPT_ONLY = True

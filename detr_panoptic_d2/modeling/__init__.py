@@ -4,5 +4,5 @@ from .mask_head import MASK_HEAD_REGISTRY, DetrMaskHead, MaskHeadSmallConv, MHAt
 from .matcher import HungarianMatcher
 from .meta_arch import DetrPanoptic
 from .position_encoding import PositionEmbeddingSine
-from .postprocess import panoptic_merge, select_queries
+from .postprocess import maskformer_merge, panoptic_merge, select_queries
 from .transformer import Transformer

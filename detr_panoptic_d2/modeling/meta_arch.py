@@ -17,7 +17,7 @@ from .criterion import SetCriterion
 from .mask_head import build_mask_head
 from .matcher import HungarianMatcher
 from .position_encoding import PositionEmbeddingSine
-from .postprocess import panoptic_merge, select_queries, upsample_masks
+from .postprocess import maskformer_merge, panoptic_merge, select_queries, upsample_masks
 from .transformer import Transformer
 
 logger = logging.getLogger(__name__)
@@ -70,8 +70,8 @@ class DetrPanoptic(nn.Module):
     def __init__(
         self, *, backbone, transformer, num_classes, num_queries, criterion, mask_head=None,
         in_feature="res5", pixel_mean, pixel_std, aux_loss=True, is_thing=None, metadata_names=(),
-        object_mask_threshold=0.85,
-        min_segment_area=4, stuff_merge="first", panoptic_on=True, instance_on=True, masks_for_kept_only=True,
+        object_mask_threshold=0.85, min_segment_area=4, stuff_merge="first", panoptic_merge_mode="detr",
+        overlap_threshold=0.8, panoptic_on=True, instance_on=True, masks_for_kept_only=True,
         train_matched_only=True, frozen_weights="",
     ):
         super().__init__()
@@ -104,6 +104,12 @@ class DetrPanoptic(nn.Module):
         self.object_mask_threshold = object_mask_threshold
         self.min_segment_area = min_segment_area
         self.stuff_merge = stuff_merge
+        if panoptic_merge_mode not in ("detr", "maskformer"):
+            raise ValueError(
+                f"MODEL.DETR.TEST.PANOPTIC_MERGE must be 'detr' or 'maskformer', got {panoptic_merge_mode!r}"
+            )
+        self.panoptic_merge_mode = panoptic_merge_mode
+        self.overlap_threshold = overlap_threshold
         self.panoptic_on = panoptic_on and mask_head is not None
         self.instance_on = instance_on
         self.masks_for_kept_only = masks_for_kept_only
@@ -136,7 +142,8 @@ class DetrPanoptic(nn.Module):
             "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD,
             "aux_loss": d.DEEP_SUPERVISION, "metadata_names": list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN),
             "object_mask_threshold": t.OBJECT_MASK_THRESHOLD, "min_segment_area": t.MIN_SEGMENT_AREA,
-            "stuff_merge": t.STUFF_MERGE, "panoptic_on": t.PANOPTIC_ON, "instance_on": t.INSTANCE_ON,
+            "stuff_merge": t.STUFF_MERGE, "panoptic_merge_mode": t.PANOPTIC_MERGE,
+            "overlap_threshold": t.OVERLAP_THRESHOLD, "panoptic_on": t.PANOPTIC_ON, "instance_on": t.INSTANCE_ON,
             "masks_for_kept_only": t.MASKS_FOR_KEPT_ONLY,
             "train_matched_only": cfg.MODEL.MASK_HEAD.TRAIN_MATCHED_ONLY, "frozen_weights": d.FROZEN_WEIGHTS,
         }
@@ -334,10 +341,11 @@ class DetrPanoptic(nn.Module):
                 masks_of = lambda sel: up[local[sel]]  # noqa: E731
             res = {}
             if self.panoptic_on:
-                res["panoptic_seg"] = panoptic_merge(
-                    masks_of(keep), labels[keep], scores[keep], self.is_thing, out_size, self.min_segment_area,
-                    self.stuff_merge,
-                )
+                args = (masks_of(keep), labels[keep], scores[keep], self.is_thing, out_size, self.min_segment_area)
+                if self.panoptic_merge_mode == "maskformer":
+                    res["panoptic_seg"] = maskformer_merge(*args, self.overlap_threshold)
+                else:
+                    res["panoptic_seg"] = panoptic_merge(*args, self.stuff_merge)
             if self.instance_on:
                 res["instances"] = self._instances(
                     boxes[b][inst_sel], inst_scores[inst_sel], inst_labels[inst_sel],

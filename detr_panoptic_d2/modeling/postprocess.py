@@ -1,4 +1,5 @@
-"""DETR's panoptic post-processing in Detectron2's ``panoptic_seg`` format, vectorized on tensors."""
+"""Panoptic post-processing in Detectron2's ``panoptic_seg`` format, vectorized on tensors: DETR's merge
+(the default) and MaskFormer's score-weighted merge."""
 import itertools
 
 import torch
@@ -93,9 +94,16 @@ def panoptic_merge(mask_logits, classes, scores, is_thing, output_size, min_area
             raw[dead] = sub.max(0).indices
     # Final ids: 1..n over the segments that own pixels, in query order.
     owners = alive & (rep == torch.arange(q, device=device)) if relabeled else alive
-    new_id = torch.zeros(q + 1, dtype=torch.int32, device=device)
+    return _number_segments(ids, owners, classes, scores, is_thing)
+
+
+def _number_segments(ids, owners, classes, scores, is_thing):
+    """ids: (H, W) long, the owning query per pixel (-1 = void); owners: (Q,) bool, the queries that own a
+    segment. Returns (int32 map with ids 1..n in query order, 0 = void; segments_info)."""
+    q = owners.shape[0]
+    new_id = torch.zeros(q + 1, dtype=torch.int32, device=ids.device)
     seg_queries = owners.nonzero()[:, 0]
-    new_id[seg_queries] = torch.arange(1, len(seg_queries) + 1, dtype=torch.int32, device=device)
+    new_id[seg_queries] = torch.arange(1, len(seg_queries) + 1, dtype=torch.int32, device=ids.device)
     panoptic = new_id[ids]  # -1 → index q → 0 (void)
     area = torch.bincount(panoptic.flatten().long(), minlength=len(seg_queries) + 1).tolist()
     is_thing_cpu, classes_l, scores_l = is_thing.tolist(), classes.tolist(), scores.tolist()
@@ -110,3 +118,41 @@ def panoptic_merge(mask_logits, classes, scores, is_thing, output_size, min_area
         for i, qi in enumerate(seg_queries.tolist())
     ]
     return panoptic, segments_info
+
+
+def maskformer_merge(mask_logits, classes, scores, is_thing, output_size, min_area=4, overlap_threshold=0.8):
+    """Merge per-query masks as MaskFormer's panoptic inference does (``PANOPTIC_MERGE: "maskformer"``).
+
+    Arguments as :func:`panoptic_merge`. Each pixel goes to the query with the highest score x mask
+    probability; a query's segment is the pixels it wins where its own mask probability is >= 0.5. A query
+    that wins fewer than ``overlap_threshold`` times the pixels of its own mask (probability >= 0.5) is
+    dropped, so a duplicate that loses most of its mask to a more confident query does not split the object.
+    Stuff queries of one class form one segment, under the id of the first. Segments with area <= min_area at
+    the output size are removed; the pixels of removed queries are void (0).
+    """
+    q = mask_logits.shape[0]
+    device = mask_logits.device
+    if q == 0:
+        return _number_segments(
+            torch.full(tuple(output_size), -1, dtype=torch.long, device=device), torch.zeros(0, dtype=torch.bool,
+            device=device), classes, scores, is_thing,
+        )
+    probs = mask_logits.sigmoid()  # (Q, H, W)
+    winner = (scores[:, None, None] * probs).argmax(0)  # (H, W)
+    own = (probs >= 0.5).flatten(1)  # (Q, H*W)
+    won_area = torch.bincount(winner.flatten(), minlength=q)
+    own_area = own.sum(1)
+    in_segment = own.gather(0, winner.flatten()[None])[0]  # the winner's own probability is >= 0.5
+    seg_area = torch.bincount(winner.flatten()[in_segment], minlength=q)
+    # won / own >= threshold, in double precision as MaskFormer's Python division
+    ok = (own_area > 0) & (seg_area > 0) & (won_area.double() / own_area.clamp(min=1).double() >= overlap_threshold)
+    # Same-class stuff joins the first surviving query of its class.
+    stuff = ~is_thing.to(device)[classes]
+    same = (classes[:, None] == classes[None, :]) & stuff[:, None] & stuff[None, :] & ok[None, :]
+    rep = torch.where(stuff & ok, same.int().argmax(1), torch.arange(q, device=device))
+    ids = torch.where(in_segment & ok[winner.flatten()], rep[winner.flatten()], -1).view(winner.shape)
+    ids = _resize_ids(ids, output_size)
+    area = torch.bincount(ids.flatten() + 1, minlength=q + 1)[1:]
+    owners = ok & (rep == torch.arange(q, device=device)) & (area > min_area)
+    ids = torch.where((ids >= 0) & owners[ids.clamp(min=0)], ids, -1)
+    return _number_segments(ids, owners, classes, scores, is_thing)

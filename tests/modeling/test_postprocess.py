@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from detr_panoptic_d2.modeling import panoptic_merge, select_queries
+from detr_panoptic_d2.modeling import maskformer_merge, panoptic_merge, select_queries
 from detr_panoptic_d2.modeling.postprocess import upsample_masks
 
 from detr_test_utils import NUM_QUERIES, build_tiny_model, make_input
@@ -279,10 +279,11 @@ def test_first_mode_matches_detr_reference(seed):
 
 
 # ---- through the model --------------------------------------------------------------------------------------
-def test_model_panoptic_output_with_patched_heads(monkeypatch):
+@pytest.mark.parametrize("mode", ["detr", "maskformer"])
+def test_model_panoptic_output_with_patched_heads(monkeypatch, mode):
     """Crafted logits and mask logits through DetrPanoptic.inference: only kept queries reach the mask head,
-    and the panoptic output is panoptic_merge of the upsampled, cropped masks at the requested size."""
-    model = build_tiny_model(mask_head=True).eval()
+    and the panoptic output is the configured merge of the upsampled, cropped masks at the requested size."""
+    model = build_tiny_model(mask_head=True, **{"MODEL.DETR.TEST.PANOPTIC_MERGE": mode}).eval()
     model.is_thing = IS_THING.clone()[:4].new_ones(5)
     model.is_thing[2:4] = False
     model.object_mask_threshold = 0.5
@@ -317,11 +318,13 @@ def test_model_panoptic_output_with_patched_heads(monkeypatch):
     masks = predict_masks({"features": {"res2": torch.zeros(1, 1, 16, 24)}}, None, kept_q)
     up = upsample_masks(masks, (64, 96), (64, 96))
     probs = logits[0].softmax(-1)
-    exp_pan, exp_info = panoptic_merge(up, torch.tensor([0, 2, 2, 3]), probs[kept_q].max(-1).values, model.is_thing,
-                                       (40, 60), 4, "first")
+    args = (up, torch.tensor([0, 2, 2, 3]), probs[kept_q].max(-1).values, model.is_thing, (40, 60), 4)
+    exp_pan, exp_info = panoptic_merge(*args, "first") if mode == "detr" else maskformer_merge(*args, 0.8)
     pan, info = res["panoptic_seg"]
     assert torch.equal(pan, exp_pan) and info == exp_info
-    assert [s["category_id"] for s in info] == [0, 2, 3]  # the duplicate stuff query 6 merged into query 4
+    # the duplicate stuff query 6 merged into query 4; with MaskFormer's merge query 1 (thing) loses half of its
+    # mask to the more confident mask of query 8 and is dropped
+    assert [s["category_id"] for s in info] == ([0, 2, 3] if mode == "detr" else [2, 3])
     inst = res["instances"]
     assert inst.pred_classes.tolist() == [0] and inst.pred_masks.shape == (1, 40, 60)
 
@@ -337,3 +340,114 @@ def test_id_map_resize_matches_pil_nearest(size_in, size_out):
     ids = torch.randint(-1, 200, size_in, generator=g)
     pil = Image.fromarray(ids.int().numpy(), mode="I").resize(size_out[::-1], resample=Image.NEAREST)
     assert torch.equal(_resize_ids(ids, size_out), torch.from_numpy(np.asarray(pil).astype(np.int64)))
+
+
+# ---- MaskFormer's merge (PANOPTIC_MERGE: "maskformer") ----------------------------------------------------
+def maskformer_reference(mask_logits, classes, scores, is_thing, overlap_threshold=0.8):
+    """MaskFormer's panoptic inference written as its per-query loop (same size, no area filter).
+    Returns (id map with 0 as void, [query index of each segment])."""
+    probs = mask_logits.sigmoid()
+    panoptic = torch.zeros(mask_logits.shape[1:], dtype=torch.int32)
+    if len(classes) == 0:
+        return panoptic, []
+    winner = (scores[:, None, None] * probs).argmax(0)
+    segments, stuff_segment = [], {}
+    for k, c in enumerate(classes.tolist()):
+        won, own = winner == k, probs[k] >= 0.5
+        segment = won & own
+        if int(won.sum()) == 0 or int(own.sum()) == 0 or int(segment.sum()) == 0:
+            continue
+        if int(won.sum()) / int(own.sum()) < overlap_threshold:
+            continue
+        if not is_thing[c] and c in stuff_segment:
+            panoptic[segment] = stuff_segment[c]
+            continue
+        segments.append(k)
+        panoptic[segment] = len(segments)
+        if not is_thing[c]:
+            stuff_segment[c] = len(segments)
+    return panoptic, segments
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_maskformer_merge_matches_reference(seed):
+    g = torch.Generator().manual_seed(100 + seed)
+    q = int(torch.randint(0, 7, (1,), generator=g))
+    h, w = [int(v) for v in torch.randint(6, 13, (2,), generator=g)]
+    coarse = torch.randn(q, 3, 3, generator=g) * 3
+    logits = torch.nn.functional.interpolate(coarse[:, None], size=(h, w), mode="bilinear")[:, 0] if q else \
+        torch.zeros(0, h, w)
+    logits = logits + 0.3 * torch.randn(q, h, w, generator=g)
+    classes = torch.randint(0, 4, (q,), generator=g)
+    if q > 2 and seed % 2:
+        classes[1:3] = 2  # guaranteed stuff duplicates
+    scores = torch.rand(q, generator=g)
+    overlap = [0.8, 0.5, 0.0][seed % 3]
+    panoptic, info = maskformer_merge(logits, classes, scores, IS_THING, (h, w), 0, overlap)
+    ref_ids, ref_queries = maskformer_reference(logits, classes, scores, IS_THING, overlap)
+    assert torch.equal(panoptic, ref_ids)
+    check_segments_info(panoptic, info, classes, scores, ref_queries)
+
+
+def test_maskformer_merge_drops_less_confident_duplicate():
+    """Two thing queries on one object: DETR's merge gives it to the higher mask logit (the duplicate);
+    MaskFormer's gives it to the higher score, and the duplicate, left without its mask, is dropped."""
+    logits = column_logits(8, 8, [{S(0, 4): HIGH}, {S(0, 4): HIGH + 1}, {S(4, 8): HIGH}])
+    classes, scores = torch.tensor([0, 0, 2]), torch.tensor([0.9, 0.6, 0.95])
+    panoptic, info = maskformer_merge(logits, classes, scores, IS_THING, (8, 8), 4)
+    expected = torch.ones(8, 8, dtype=torch.int32)
+    expected[:, 4:] = 2
+    assert torch.equal(panoptic, expected)
+    check_segments_info(panoptic, info, classes, scores, [0, 2])
+    _, detr_info = panoptic_merge(logits, classes, scores, IS_THING, (8, 8), 4)
+    assert [s["score"] for s in detr_info] == pytest.approx([0.6, 0.95])
+
+
+def test_maskformer_merge_overlap_threshold_and_void():
+    """q1 wins 3 of the 5 columns of its mask (q0 is more confident on the shared ones): dropped at 0.8, its
+    columns become void; kept at 0.5. Columns no mask covers with probability >= 0.5 are void."""
+    logits = column_logits(6, 10, [{S(0, 5): HIGH}, {S(3, 8): HIGH}])
+    classes, scores = torch.tensor([0, 1]), torch.tensor([0.9, 0.8])
+    panoptic, info = maskformer_merge(logits, classes, scores, IS_THING, (6, 10), 4, 0.8)
+    expected = torch.zeros(6, 10, dtype=torch.int32)
+    expected[:, :5] = 1
+    assert torch.equal(panoptic, expected)
+    check_segments_info(panoptic, info, classes, scores, [0])
+    panoptic, info = maskformer_merge(logits, classes, scores, IS_THING, (6, 10), 4, 0.5)
+    expected[:, 5:8] = 2
+    assert torch.equal(panoptic, expected)
+    check_segments_info(panoptic, info, classes, scores, [0, 1])
+
+
+def test_maskformer_merge_unions_stuff_of_one_class():
+    logits = column_logits(8, 8, [{S(0, 2): HIGH}, {S(2, 5): HIGH}, {S(5, 8): HIGH}])
+    classes, scores = torch.tensor([0, 2, 2]), torch.tensor([0.9, 0.95, 0.99])
+    panoptic, info = maskformer_merge(logits, classes, scores, IS_THING, (8, 8), 4)
+    expected = torch.ones(8, 8, dtype=torch.int32)
+    expected[:, 2:] = 2
+    assert torch.equal(panoptic, expected)
+    check_segments_info(panoptic, info, classes, scores, [0, 1])
+
+
+def test_maskformer_merge_small_segments_at_output_size():
+    """q1 owns one column of 8 pixels; at output (16, 16) that is 32 pixels."""
+    logits = column_logits(8, 8, [{S(0, 7): HIGH}, {7: HIGH}])
+    classes, scores = torch.tensor([2, 0]), torch.tensor([0.9, 0.9])
+    _, info = maskformer_merge(logits, classes, scores, IS_THING, (8, 8), 7)
+    assert [s["area"] for s in info] == [56, 8]
+    panoptic, info = maskformer_merge(logits, classes, scores, IS_THING, (8, 8), 8)
+    assert [s["area"] for s in info] == [56] and int((panoptic == 0).sum()) == 8  # removed → void
+    panoptic, info = maskformer_merge(logits, classes, scores, IS_THING, (16, 16), 31)
+    assert panoptic.shape == (16, 16) and [s["area"] for s in info] == [224, 32]
+    check_segments_info(panoptic, info, classes, scores, [0, 1])
+
+
+def test_maskformer_merge_nothing_kept():
+    panoptic, info = maskformer_merge(torch.zeros(0, 5, 6), torch.zeros(0, dtype=torch.long), torch.zeros(0),
+                                      IS_THING, (7, 9))
+    assert panoptic.shape == (7, 9) and not panoptic.any() and info == []
+
+
+def test_invalid_panoptic_merge_names_the_key():
+    with pytest.raises(ValueError, match="MODEL.DETR.TEST.PANOPTIC_MERGE"):
+        build_tiny_model(mask_head=True, **{"MODEL.DETR.TEST.PANOPTIC_MERGE": "mask2former"})
