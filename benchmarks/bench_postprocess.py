@@ -1,6 +1,9 @@
 #!/usr/bin/env python
 """Panoptic post-processing time vs. number of kept queries (mask upsampling + merge), at 800x1333.
 
+The total is upsampling + DETR's merge (the default); MaskFormer's merge (PANOPTIC_MERGE: "maskformer") is
+timed beside it.
+
     python benchmarks/bench_postprocess.py [--threads 2] [--device cpu] [--size 800 1333] [--with-model]
 
 Random mask logits (the worst case: many small fragments for the small-segment filter). With --with-model,
@@ -12,7 +15,7 @@ import argparse
 import torch
 from common import build_cfg, build_eval_model, fake_image, machine_line, timed
 
-from detr_panoptic_d2.modeling.postprocess import panoptic_merge, upsample_masks
+from detr_panoptic_d2.modeling.postprocess import maskformer_merge, panoptic_merge, upsample_masks
 
 
 def main():
@@ -31,7 +34,7 @@ def main():
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else None
     print(machine_line(args.device))
     model = build_eval_model(build_cfg(device=args.device)) if args.with_model else None
-    header = f"{'kept':>5} | {'upsample ms':>11} | {'merge ms':>8} | {'total ms':>8}"
+    header = f"{'kept':>5} | {'upsample ms':>11} | {'merge ms':>8} | {'total ms':>8} | {'maskformer merge ms':>19}"
     print(header + (f" | {'model ms':>8} | {'share':>6}" if model is not None else ""))
     for k in args.kept:
         g = torch.Generator().manual_seed(k)
@@ -42,7 +45,8 @@ def main():
             t_up, _ = timed(lambda: upsample_masks(logits, (hm * 4, wm * 4), (h, w)), sync=sync)
             up = upsample_masks(logits, (hm * 4, wm * 4), (h, w))
             t_merge, _ = timed(lambda: panoptic_merge(up, classes, scores, is_thing, (h, w)), sync=sync)
-        row = f"{k:>5} | {t_up * 1e3:>11.1f} | {t_merge * 1e3:>8.1f} | {(t_up + t_merge) * 1e3:>8.1f}"
+            t_mf, _ = timed(lambda: maskformer_merge(up, classes, scores, is_thing, (h, w)), sync=sync)
+        row = f"{k:>5} | {t_up * 1e3:>11.1f} | {t_merge * 1e3:>8.1f} | {(t_up + t_merge) * 1e3:>8.1f} | {t_mf * 1e3:>19.1f}"
         if model is not None:
             t_model = model_time(model, h, w, k, args.device, sync)
             row += f" | {t_model * 1e3:>8.0f} | {100 * (t_up + t_merge) / t_model:>5.1f}%"

@@ -137,11 +137,12 @@ def maskformer_merge(mask_logits, classes, scores, is_thing, output_size, min_ar
             torch.full(tuple(output_size), -1, dtype=torch.long, device=device), torch.zeros(0, dtype=torch.bool,
             device=device), classes, scores, is_thing,
         )
-    probs = mask_logits.sigmoid()  # (Q, H, W)
-    winner = (scores[:, None, None] * probs).argmax(0)  # (H, W)
-    own = (probs >= 0.5).flatten(1)  # (Q, H*W)
+    weighted = mask_logits.sigmoid().mul_(scores[:, None, None])  # (Q, H, W)
+    winner = weighted.max(0).indices  # (H, W); max(0) is ~2x faster than argmax(0) on CPU
+    del weighted
+    own = (mask_logits >= 0).flatten(1)  # (Q, H*W): probability >= 0.5
     won_area = torch.bincount(winner.flatten(), minlength=q)
-    own_area = own.sum(1)
+    own_area = own.view(torch.uint8).sum(1, dtype=torch.int32)  # not via int64: half the memory traffic
     in_segment = own.gather(0, winner.flatten()[None])[0]  # the winner's own probability is >= 0.5
     seg_area = torch.bincount(winner.flatten()[in_segment], minlength=q)
     # won / own >= threshold, in double precision as MaskFormer's Python division
