@@ -92,5 +92,5 @@ def add_detr_panoptic_config(cfg):
     cfg.DATASETS.TOY = CN()
     cfg.DATASETS.TOY.ROOT = "datasets/toy_panoptic"
     cfg.DATASETS.TOY.NUM_TRAIN = 400
-    cfg.DATASETS.TOY.NUM_VAL = 50
+    cfg.DATASETS.TOY.NUM_VAL = 200
     cfg.DATASETS.TOY.IMAGE_SIZE = (128, 192)

@@ -18,7 +18,7 @@ echo "== stage 2: mask head on the frozen stage-1 model, then PQ on toy_panoptic
 "$PY" tools/train_net.py --config-file "$STAGE2" OUTPUT_DIR "$OUT/stage2" \
   MODEL.DETR.FROZEN_WEIGHTS "$OUT/stage1/model_final.pth" 2>&1 | tee "$OUT/stage2.log"
 echo "== pictures"
-"$PY" tools/demo.py --config-file "$STAGE2" --dataset toy_panoptic_val --num 8 --output "$OUT/vis" --explain \
+"$PY" tools/demo.py --config-file "$STAGE2" --dataset toy_panoptic_val --num 6 --output "$OUT/vis" --explain \
   MODEL.WEIGHTS "$OUT/stage2/model_final.pth"
 "$PY" tools/plot_metrics.py "$OUT/stage1/metrics.json" "$OUT/stage2/metrics.json" -o "$OUT/loss_curve.png"
 echo "== PQ on toy_panoptic_val"

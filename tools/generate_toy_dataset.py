@@ -19,7 +19,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="datasets/toy_panoptic", help="output folder")
     parser.add_argument("--num-train", type=int, default=400)
-    parser.add_argument("--num-val", type=int, default=50)
+    parser.add_argument("--num-val", type=int, default=200)
     parser.add_argument("--min-size", type=int, default=128, help="smallest image side (px)")
     parser.add_argument("--max-size", type=int, default=192, help="largest image side (px)")
     parser.add_argument("--seed", type=int, default=0)

@@ -13,13 +13,25 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def read_metrics(path):
+    """Training rows (with total_loss) of a metrics.json, in iteration order. Detectron2 appends to the file: when
+    the iteration goes back (a rerun in the same folder, or a --resume from an earlier checkpoint), the later run
+    replaces the earlier one's rows from that iteration on."""
     rows = []
     with open(path) as f:
-        for line in f:
+        for n, line in enumerate(f, 1):
             line = line.strip()
-            if line:
-                rows.append(json.loads(line))
-    return [r for r in rows if "total_loss" in r]
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, line {n}: not JSON ({e})") from e
+            if "total_loss" not in row:
+                continue
+            while rows and rows[-1]["iteration"] >= row["iteration"]:
+                rows.pop()
+            rows.append(row)
+    return rows
 
 
 def main():

@@ -205,7 +205,7 @@ def _write_split(root, split, num_images, lo, hi, seed):
 
 
 def generate_toy_panoptic(
-    root, num_train=400, num_val=50, image_size=(128, 192), seed=0, overwrite=False
+    root, num_train=400, num_val=200, image_size=(128, 192), seed=0, overwrite=False
 ):
     """Write the toy panoptic data set under ``root`` (see the module docstring for the layout).
 
