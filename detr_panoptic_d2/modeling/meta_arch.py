@@ -108,6 +108,8 @@ class DetrPanoptic(nn.Module):
             raise ValueError(
                 f"MODEL.DETR.TEST.PANOPTIC_MERGE must be 'detr' or 'maskformer', got {panoptic_merge_mode!r}"
             )
+        if not 0.0 <= overlap_threshold <= 1.0:
+            raise ValueError(f"MODEL.DETR.TEST.OVERLAP_THRESHOLD must be in [0, 1], got {overlap_threshold!r}")
         self.panoptic_merge_mode = panoptic_merge_mode
         self.overlap_threshold = overlap_threshold
         self.panoptic_on = panoptic_on and mask_head is not None

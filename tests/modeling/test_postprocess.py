@@ -448,6 +448,8 @@ def test_maskformer_merge_nothing_kept():
     assert panoptic.shape == (7, 9) and not panoptic.any() and info == []
 
 
-def test_invalid_panoptic_merge_names_the_key():
-    with pytest.raises(ValueError, match="MODEL.DETR.TEST.PANOPTIC_MERGE"):
-        build_tiny_model(mask_head=True, **{"MODEL.DETR.TEST.PANOPTIC_MERGE": "mask2former"})
+@pytest.mark.parametrize("key,value", [("PANOPTIC_MERGE", "mask2former"), ("OVERLAP_THRESHOLD", 1.5),
+                                       ("OVERLAP_THRESHOLD", -0.1)])
+def test_invalid_merge_settings_name_the_key(key, value):
+    with pytest.raises(ValueError, match=f"MODEL.DETR.TEST.{key}"):
+        build_tiny_model(mask_head=True, **{f"MODEL.DETR.TEST.{key}": value})
