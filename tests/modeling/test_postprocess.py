@@ -255,21 +255,27 @@ def detr_reference(mask_logits, classes, is_thing, output_size, min_area=4):
     return torch.from_numpy(ids), list(zip(cur, area))
 
 
-@pytest.mark.parametrize("seed", range(12))
-def test_first_mode_matches_detr_reference(seed):
+def random_merge_case(seed, stuff_duplicates):
+    """0-6 queries of smooth blob logits (segments of varied sizes, many of them small) on a 6-12 px canvas,
+    random classes and scores. Returns (logits (Q, h, w), classes, scores, (h, w))."""
     g = torch.Generator().manual_seed(seed)
     q = int(torch.randint(0, 7, (1,), generator=g))
     h, w = [int(v) for v in torch.randint(6, 13, (2,), generator=g)]
-    out_size = [(h, w), (2 * h + 1, w + 3), (h - 2, (w * 2) // 3)][seed % 3]
-    # smooth blobs so that segments have varied sizes, many of them small
     coarse = torch.randn(q, 3, 3, generator=g) * 3
     logits = torch.nn.functional.interpolate(coarse[:, None], size=(h, w), mode="bilinear")[:, 0] if q else \
         torch.zeros(0, h, w)
     logits = logits + 0.3 * torch.randn(q, h, w, generator=g)
     classes = torch.randint(0, 4, (q,), generator=g)
-    if q > 2 and seed % 2:
+    if q > 2 and stuff_duplicates:
         classes[1:3] = 2  # guaranteed stuff duplicates
     scores = torch.rand(q, generator=g)
+    return logits, classes, scores, (h, w)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_first_mode_matches_detr_reference(seed):
+    logits, classes, scores, (h, w) = random_merge_case(seed, stuff_duplicates=seed % 2)
+    out_size = [(h, w), (2 * h + 1, w + 3), (h - 2, (w * 2) // 3)][seed % 3]
     panoptic, info = panoptic_merge(logits, classes, scores, IS_THING, out_size, 4, "first")
     ref_ids, ref_segments = detr_reference(logits, classes, IS_THING, out_size)
     assert panoptic.shape == out_size
@@ -371,17 +377,7 @@ def maskformer_reference(mask_logits, classes, scores, is_thing, overlap_thresho
 
 @pytest.mark.parametrize("seed", range(12))
 def test_maskformer_merge_matches_reference(seed):
-    g = torch.Generator().manual_seed(100 + seed)
-    q = int(torch.randint(0, 7, (1,), generator=g))
-    h, w = [int(v) for v in torch.randint(6, 13, (2,), generator=g)]
-    coarse = torch.randn(q, 3, 3, generator=g) * 3
-    logits = torch.nn.functional.interpolate(coarse[:, None], size=(h, w), mode="bilinear")[:, 0] if q else \
-        torch.zeros(0, h, w)
-    logits = logits + 0.3 * torch.randn(q, h, w, generator=g)
-    classes = torch.randint(0, 4, (q,), generator=g)
-    if q > 2 and seed % 2:
-        classes[1:3] = 2  # guaranteed stuff duplicates
-    scores = torch.rand(q, generator=g)
+    logits, classes, scores, (h, w) = random_merge_case(100 + seed, stuff_duplicates=seed % 2)
     overlap = [0.8, 0.5, 0.0][seed % 3]
     panoptic, info = maskformer_merge(logits, classes, scores, IS_THING, (h, w), 0, overlap)
     ref_ids, ref_queries = maskformer_reference(logits, classes, scores, IS_THING, overlap)
