@@ -94,3 +94,6 @@ def add_detr_panoptic_config(cfg):
     cfg.DATASETS.TOY.NUM_TRAIN = 400
     cfg.DATASETS.TOY.NUM_VAL = 200
     cfg.DATASETS.TOY.IMAGE_SIZE = (128, 192)
+    # How things are coloured: "class" (each thing class has its own colour, the set of versions <= 3) or
+    # "random" (colours drawn at random: only the shape tells the class).
+    cfg.DATASETS.TOY.THING_COLORS = "class"
