@@ -1,9 +1,17 @@
 """A small, deterministic panoptic data set in COCO panoptic format, for demos and tests.
 
 Each image has 1-3 horizontal "stuff" bands (sky, water, ground) with wavy boundaries and
-0-4 coloured "thing" shapes (circle, square, triangle, bar, cross) of 22-55 % of the short side that may
+0-4 "thing" shapes (circle, square, triangle, bar, cross) of 22-55 % of the short side that may
 occlude each other; a thing with less than 150 visible pixels gives way to the stuff underneath.
-Colour and shape both identify a thing's class, so a small model learns the set quickly.
+The images are drawn by :func:`detr_panoptic_d2.data.scenes.draw_scene`.
+
+Two thing colour modes (``thing_colors``, config key ``DATASETS.TOY.THING_COLORS``):
+
+- ``"class"`` (default; the set of format versions <= 3, byte for byte): each thing class has its
+  own colour (:data:`TOY_CATEGORIES`), slightly darkened at random. Colour and shape both identify
+  the class, so a small model learns the set quickly.
+- ``"random"``: each thing instance gets a random colour that stands out from the stuff bands
+  behind it. Colour says nothing about the class; only the shape does.
 
 Layout on disk (for each split in "train", "val")::
 
@@ -22,13 +30,16 @@ import tempfile
 import numpy as np
 from PIL import Image
 
+from .scenes import check_thing_colors, draw_scene
+
 logger = logging.getLogger(__name__)
 
 _FORMAT_VERSION = 3
-# Visible area (px) below which a thing falls back to the stuff underneath: a segment of fewer pixels
-# is a few cells of a stride-4 mask.
+# Visible area (px) below which a thing falls back to the stuff underneath: a segment of fewer
+# pixels is a few cells of a stride-4 mask.
 _MIN_THING_AREA = 150
-# Thing size range, as a fraction of the short image side: 0.22 x 128 px ~ 28 px, two stride-16 cells.
+# Thing size range, as a fraction of the short image side: 0.22 x 128 px ~ 28 px, two stride-16
+# cells.
 _THING_SIZE = (0.22, 0.55)
 _SPLITS = ("train", "val")
 
@@ -45,8 +56,8 @@ TOY_CATEGORIES = [
 ]
 _THINGS = [c for c in TOY_CATEGORIES if c["isthing"]]
 _STUFF = [c for c in TOY_CATEGORIES if not c["isthing"]]  # listed top-to-bottom
-# Probability of drawing 0, 1, ..., 4 thing instances in an image (up to 6 before version 3: crowded images
-# are the hardest for a DETR trained for minutes on a CPU).
+# Probability of drawing 0, 1, ..., 4 thing instances in an image (up to 6 before version 3:
+# crowded images are the hardest for a DETR trained for minutes on a CPU).
 _NUM_THINGS_P = np.array([0.08, 0.25, 0.27, 0.22, 0.18])
 
 
@@ -74,100 +85,14 @@ def _check_writable(root):
         raise OSError(f"toy data set folder {root!r} is not writable: {e}") from e
 
 
-def _shape_mask(kind, yy, xx, cx, cy, s, vertical):
-    """Boolean mask of one thing shape of class ``kind`` with centre (cx, cy) and size s."""
-    dx, dy = xx - cx, yy - cy
-    if kind == "circle":
-        return dx**2 + dy**2 <= (s / 2) ** 2
-    if kind == "square":
-        return (np.abs(dx) <= s / 2) & (np.abs(dy) <= s / 2)
-    if kind == "triangle":  # apex up, base at the bottom
-        h = 0.9 * s
-        t = (dy + h / 2) / h  # 0 at the apex, 1 at the base
-        return (t >= 0) & (t <= 1) & (np.abs(dx) <= t * s / 2)
-    if kind == "bar":
-        long_, short = s / 2, s / 7
-        ax, ay = (short, long_) if vertical else (long_, short)
-        return (np.abs(dx) <= ax) & (np.abs(dy) <= ay)
-    if kind == "cross":
-        arm = s / 6
-        inside = (np.abs(dx) <= s / 2) & (np.abs(dy) <= s / 2)
-        return inside & ((np.abs(dx) <= arm) | (np.abs(dy) <= arm))
-    raise ValueError(kind)
-
-
-def _make_sample(rng, lo, hi):
-    """Return (rgb uint8 HxWx3, segment ids int32 HxW, segments_info) for one image."""
-    h, w = int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    ids = np.zeros((h, w), np.int32)
-    cats, colors = {}, {}
-
-    # Stuff: 1-3 bands from top to bottom with wavy boundaries.
-    k = int(rng.integers(1, 4))
-    stuff = sorted(rng.choice(len(_STUFF), size=k, replace=False).tolist())
-    edges = [0.25, 0.75] if k == 2 else [0.25, 0.45, 0.55, 0.75]  # band boundaries stay apart
-    cuts = [rng.uniform(edges[2 * i], edges[2 * i + 1]) * h for i in range(k - 1)]
-    for i, si in enumerate(stuff):
-        sid = i + 1
-        if i == 0:
-            ids[:] = sid
-        else:
-            amp, period, phase = rng.uniform(2, 6), rng.uniform(40, 120), rng.uniform(0, 2 * np.pi)
-            boundary = cuts[i - 1] + amp * np.sin(2 * np.pi * xx / period + phase)
-            ids[yy >= boundary] = sid
-        cats[sid] = _STUFF[si]
-        colors[sid] = np.array(_STUFF[si]["color"], np.float32) * rng.uniform(0.9, 1.1)
-
-    stuff_ids = ids.copy()
-
-    # Things: drawn in order, later ones occlude earlier ones.
-    short = min(h, w)
-    for j in range(int(rng.choice(len(_NUM_THINGS_P), p=_NUM_THINGS_P))):
-        tid = k + 1 + j
-        cat = _THINGS[int(rng.integers(len(_THINGS)))]
-        s = rng.uniform(*_THING_SIZE) * short
-        cx, cy = rng.uniform(s / 4, w - s / 4), rng.uniform(s / 4, h - s / 4)
-        mask = _shape_mask(cat["name"], yy, xx, cx, cy, s, bool(rng.integers(2)))
-        ids[mask] = tid
-        cats[tid] = cat
-        colors[tid] = np.array(cat["color"], np.float32) * rng.uniform(0.75, 1.0)
-
-    # Thing segments whose visible part is too small fall back to the stuff underneath.
-    for tid in [t for t in cats if cats[t]["isthing"]]:
-        small = ids == tid
-        if small.sum() < _MIN_THING_AREA:
-            ids[small] = stuff_ids[small]
-
-    # Render: per-segment colour, mild texture and noise, darker outline on things.
-    present = [sid for sid in sorted(cats) if (ids == sid).any()]
-    img = np.zeros((h, w, 3), np.float32)
-    for sid in present:
-        img[ids == sid] = colors[sid]
-    shade = 1 + 0.06 * np.sin(xx / rng.uniform(5, 15) + yy / rng.uniform(5, 15))
-    img *= shade[..., None]
-    edge = np.zeros((h, w), bool)
-    edge[:-1] |= ids[:-1] != ids[1:]
-    edge[1:] |= ids[:-1] != ids[1:]
-    edge[:, :-1] |= ids[:, :-1] != ids[:, 1:]
-    edge[:, 1:] |= ids[:, :-1] != ids[:, 1:]
-    thing_px = np.isin(ids, [sid for sid in present if cats[sid]["isthing"]])
-    img[edge & thing_px] *= 0.55
-    img += rng.normal(0, 5, size=img.shape)
-    rgb = np.clip(np.rint(img), 0, 255).astype(np.uint8)
-
-    segments = []
-    for sid in present:
-        ys, xs = np.nonzero(ids == sid)
-        x0, y0 = int(xs.min()), int(ys.min())
-        segments.append({
-            "id": sid,
-            "category_id": cats[sid]["id"],
-            "iscrowd": 0,
-            "area": int(len(xs)),
-            "bbox": [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1],
-        })
-    return rgb, ids, segments
+def _make_sample(rng, lo, hi, thing_colors="class"):
+    """One toy image: a :class:`~.scenes.Scene`, i.e. (rgb uint8 (H, W, 3), segment ids int32
+    (H, W), segments_info)."""
+    things = [{**c, "shape": c["name"]} for c in _THINGS]
+    return draw_scene(
+        rng, (lo, hi), things, _STUFF, thing_colors=thing_colors, num_things_p=_NUM_THINGS_P,
+        thing_size=_THING_SIZE, min_thing_area=_MIN_THING_AREA,
+    )
 
 
 def _split_paths(root, split):
@@ -178,7 +103,7 @@ def _split_paths(root, split):
     }
 
 
-def _write_split(root, split, num_images, lo, hi, seed):
+def _write_split(root, split, num_images, lo, hi, seed, thing_colors):
     from panopticapi.utils import id2rgb
 
     paths = _split_paths(root, split)
@@ -188,7 +113,7 @@ def _write_split(root, split, num_images, lo, hi, seed):
     images, annotations = [], []
     for index in range(num_images):
         rng = np.random.default_rng([seed, _SPLITS.index(split), index])
-        rgb, ids, segments = _make_sample(rng, lo, hi)
+        rgb, ids, segments = _make_sample(rng, lo, hi, thing_colors)
         image_id, stem = index + 1, f"{index + 1:06d}"
         Image.fromarray(rgb).save(os.path.join(paths["image_root"], stem + ".jpg"), quality=95)
         Image.fromarray(id2rgb(ids)).save(os.path.join(paths["panoptic_root"], stem + ".png"))
@@ -205,7 +130,8 @@ def _write_split(root, split, num_images, lo, hi, seed):
 
 
 def generate_toy_panoptic(
-    root, num_train=400, num_val=200, image_size=(128, 192), seed=0, overwrite=False
+    root, num_train=400, num_val=200, image_size=(128, 192), seed=0, overwrite=False,
+    thing_colors="class",
 ):
     """Write the toy panoptic data set under ``root`` (see the module docstring for the layout).
 
@@ -215,6 +141,8 @@ def generate_toy_panoptic(
         image_size: (min, max) side length in pixels; height and width are drawn independently.
         seed: base seed; image i of a split uses ``np.random.default_rng([seed, split, i])``.
         overwrite: regenerate even if ``root/meta.json`` records the same arguments.
+        thing_colors: "class" (each thing class in its own colour) or "random" (a random colour
+            per thing instance; only the shape tells the class). See the module docstring.
 
     Same arguments give byte-identical files. If the data set already exists with the same
     arguments, nothing is rewritten; with different arguments, it is regenerated.
@@ -224,6 +152,7 @@ def generate_toy_panoptic(
         "image_root", "panoptic_root" and "panoptic_json".
     """
     lo, hi = _check_args(num_train, num_val, image_size)
+    check_thing_colors(thing_colors)
     root = os.fspath(root)
     _check_writable(root)
     meta = {
@@ -232,7 +161,9 @@ def generate_toy_panoptic(
         "num_val": int(num_val),
         "image_size": [lo, hi],
         "seed": int(seed),
-        # The generator's constants are part of the cache key: changing one regenerates a cached set.
+        "thing_colors": thing_colors,
+        # The generator's constants are part of the cache key: changing one regenerates a cached
+        # set.
         "thing_size": list(_THING_SIZE),
         "min_thing_area": _MIN_THING_AREA,
         "num_things_p": _NUM_THINGS_P.tolist(),
@@ -243,6 +174,9 @@ def generate_toy_panoptic(
     if os.path.isfile(meta_path):
         with open(meta_path) as f:
             old_meta = json.load(f)
+        if old_meta.get("version") == 3 and "thing_colors" not in old_meta:
+            # written before the key existed, when every set was class-coloured
+            old_meta["thing_colors"] = "class"
     complete = all(os.path.isfile(result[s]["panoptic_json"]) for s in _SPLITS)
     if not overwrite and complete and old_meta == meta:
         return {**result, "generated": False}
@@ -253,7 +187,7 @@ def generate_toy_panoptic(
     if os.path.exists(meta_path):
         os.remove(meta_path)  # an interrupted run must not look complete
     for split, n in zip(_SPLITS, (num_train, num_val)):
-        _write_split(root, split, int(n), lo, hi, int(seed))
+        _write_split(root, split, int(n), lo, hi, int(seed), thing_colors)
     with open(meta_path, "w") as f:
         json.dump(meta, f)
     return {**result, "generated": True}
@@ -314,15 +248,23 @@ TOY_DATASET_NAMES = ("toy_panoptic_train", "toy_panoptic_val")
 
 
 def register_toy_panoptic_from_cfg(cfg):
-    """If the config names the toy splits, generate them (cached; on the main process, the others wait)
-    with ``cfg.DATASETS.TOY.*`` and register them. Other data sets are left to the user's registration."""
+    """If the config names the toy splits, generate them (cached; on the main process, the others
+    wait) with ``cfg.DATASETS.TOY.*`` and register them. Other data sets are left to the user's
+    registration.
+
+    ``DATASETS.TOY.THING_COLORS`` ("class" or "random") selects the thing colour mode; another
+    value is a ValueError naming the key.
+    """
     from detectron2.utils import comm
 
     names = set(cfg.DATASETS.TRAIN) | set(cfg.DATASETS.TEST)
     if not names & set(TOY_DATASET_NAMES):
         return
     toy = cfg.DATASETS.TOY
+    thing_colors = check_thing_colors(toy.get("THING_COLORS", "class"),
+                                      "DATASETS.TOY.THING_COLORS")
     if comm.is_main_process():
-        generate_toy_panoptic(toy.ROOT, toy.NUM_TRAIN, toy.NUM_VAL, tuple(toy.IMAGE_SIZE))
+        generate_toy_panoptic(toy.ROOT, toy.NUM_TRAIN, toy.NUM_VAL, tuple(toy.IMAGE_SIZE),
+                              thing_colors=thing_colors)
     comm.synchronize()
     register_toy_panoptic(toy.ROOT, TOY_DATASET_NAMES)

@@ -1,5 +1,6 @@
 """Tests of the toy panoptic data set: file consistency, determinism, caching, input checks,
-detectron2 registration, and PQ evaluation of ground truth and perturbed ground truth."""
+detectron2 registration, PQ evaluation of ground truth and perturbed ground truth, and the thing
+colour modes (cache key, config key)."""
 
 import json
 import os
@@ -112,7 +113,8 @@ def test_deterministic_and_cached(tmp_path):
 
 
 def test_cache_regenerates_when_generator_constants_change(tmp_path, monkeypatch):
-    """A cached set made with other thing constants must not stand in for the current generator's."""
+    """A cached set made with other thing constants must not stand in for the current
+    generator's."""
     from detr_panoptic_d2.data import toy_dataset
 
     assert generate_toy_panoptic(tmp_path, num_train=2, num_val=1)["generated"] is True
@@ -263,3 +265,78 @@ def test_pq_of_ground_truth_and_perturbations(toy, tmp_path):
     _assert_close(res, expected)
     assert res["RQ"] == pytest.approx(100.0) and res["SQ_th"] == pytest.approx(100.0)
     assert res["SQ"] < 100
+
+
+# ---------------------------------------------------------------- thing colour modes
+
+
+def test_thing_colors_is_part_of_the_cache_key(tmp_path):
+    cls = generate_toy_panoptic(tmp_path, num_train=3, num_val=2)
+    assert cls["generated"] is True and _load(os.path.join(tmp_path, "meta.json"))[
+        "thing_colors"] == "class"
+    class_bytes = {f: open(f, "rb").read() for f in _all_files(tmp_path)}
+    assert generate_toy_panoptic(tmp_path, num_train=3, num_val=2)["generated"] is False
+
+    rnd = generate_toy_panoptic(tmp_path, num_train=3, num_val=2, thing_colors="random")
+    assert rnd["generated"] is True
+    assert _load(os.path.join(tmp_path, "meta.json"))["thing_colors"] == "random"
+    assert generate_toy_panoptic(tmp_path, num_train=3, num_val=2,
+                                 thing_colors="random")["generated"] is False
+    random_bytes = {f: open(f, "rb").read() for f in _all_files(tmp_path)}
+    assert random_bytes.keys() == class_bytes.keys()
+    changed = [f for f in class_bytes if class_bytes[f] != random_bytes[f]]
+    assert any(f.endswith(".jpg") for f in changed)  # the images of images with things
+
+    # Back to "class": regenerated, byte-identical to the first class-coloured set.
+    assert generate_toy_panoptic(tmp_path, num_train=3, num_val=2)["generated"] is True
+    assert {f: open(f, "rb").read() for f in _all_files(tmp_path)} == class_bytes
+
+
+def test_set_cached_before_thing_colors_existed_counts_as_class(tmp_path):
+    """A version-3 meta.json without the key was written by the class-coloured generator."""
+    generate_toy_panoptic(tmp_path, num_train=2, num_val=1)
+    meta_path = os.path.join(tmp_path, "meta.json")
+    meta = _load(meta_path)
+    del meta["thing_colors"]
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    assert generate_toy_panoptic(tmp_path, num_train=2, num_val=1)["generated"] is False
+    assert generate_toy_panoptic(tmp_path, num_train=2, num_val=1,
+                                 thing_colors="random")["generated"] is True
+
+
+def test_bad_thing_colors(tmp_path):
+    with pytest.raises(ValueError, match="thing_colors"):
+        generate_toy_panoptic(tmp_path, num_train=2, num_val=1, thing_colors="Random")
+    assert not os.listdir(tmp_path)
+
+
+def _toy_cfg(root, thing_colors):
+    from detectron2.config import get_cfg
+
+    from detr_panoptic_d2 import add_detr_panoptic_config
+
+    cfg = get_cfg()
+    add_detr_panoptic_config(cfg)
+    cfg.DATASETS.TRAIN = ("toy_panoptic_train",)
+    cfg.DATASETS.TEST = ("toy_panoptic_val",)
+    cfg.DATASETS.TOY.ROOT = str(root)
+    cfg.DATASETS.TOY.NUM_TRAIN, cfg.DATASETS.TOY.NUM_VAL = 2, 1
+    cfg.DATASETS.TOY.IMAGE_SIZE = (64, 96)
+    cfg.DATASETS.TOY.THING_COLORS = thing_colors
+    return cfg
+
+
+def test_register_from_cfg_reads_thing_colors(tmp_path, monkeypatch):
+    from detr_panoptic_d2.data import toy_dataset
+
+    calls = []  # the toy names stay as other tests registered them
+    monkeypatch.setattr(toy_dataset, "register_toy_panoptic",
+                        lambda root, names: calls.append((root, names)))
+    toy_dataset.register_toy_panoptic_from_cfg(_toy_cfg(tmp_path, "random"))
+    assert _load(os.path.join(tmp_path, "meta.json"))["thing_colors"] == "random"
+    assert calls == [(str(tmp_path), toy_dataset.TOY_DATASET_NAMES)]
+
+    with pytest.raises(ValueError, match=re.escape("DATASETS.TOY.THING_COLORS")):
+        toy_dataset.register_toy_panoptic_from_cfg(_toy_cfg(tmp_path / "bad", "rainbow"))
+    assert not os.path.exists(tmp_path / "bad")
