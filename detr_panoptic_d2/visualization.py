@@ -47,8 +47,8 @@ def explain_queries(model, inputs, metadata, out_path, input_format="RGB", max_q
 
     model.eval()
     images, mask = model.preprocess_image([inputs])
-    outputs, state = model.detect(images, mask)
-    keep, scores, labels = select_queries(outputs["pred_logits"][0], model.object_mask_threshold)
+    outputs, features = model.detr(images.tensor, mask)
+    keep, scores, labels = select_queries(outputs["pred_logits"][0], model.postprocessor.object_mask_threshold)
     queries = keep.nonzero()[:, 0][:max_queries]
     h, w = images.image_sizes[0]
     image = inputs["image"].permute(1, 2, 0).cpu().numpy().clip(0, 255).astype(np.uint8)
@@ -60,11 +60,11 @@ def explain_queries(model, inputs, metadata, out_path, input_format="RGB", max_q
     for ax in axes.flat:
         ax.axis("off")
     if len(queries):
-        b = torch.zeros_like(queries)
         attn = model.mask_head.bbox_attention(
-            state["box_embed"][0, queries], state["memory"][0], state["memory_mask"][0]
+            features["box_embed"][0, queries], features["memory"][0], features["memory_mask"][0]
         )  # (Q, M, h/32, w/32)
-        masks = upsample_masks(model.predict_masks(state, b, queries), images.tensor.shape[-2:], (h, w))
+        masks = model.mask_head(features, torch.zeros_like(queries), queries)
+        masks = upsample_masks(masks, images.tensor.shape[-2:], (h, w))
         boxes = cxcywh_to_xyxy(outputs["pred_boxes"][0, queries]) * torch.tensor([w, h, w, h])
         names = metadata.get("stuff_classes", metadata.get("thing_classes", None))
         for r, q in enumerate(queries.tolist()):

@@ -11,12 +11,9 @@ Panoptic checkpoints (DETRsegm, 250 classes) → 133 contiguous COCO panoptic cl
 (DETR, 91 classes) → 80 COCO thing classes (--metadata coco_detection, picked automatically).
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from detr_panoptic_d2.checkpoint import METADATA, config_overrides, convert_detr_checkpoint  # noqa: E402
+from detr_panoptic_d2.checkpoint import METADATA, config_overrides, convert_detr_checkpoint
 
 
 def main(argv=None):

@@ -6,16 +6,14 @@
     python tools/train_net.py --config-file configs/COCO-PanopticSegmentation/detr_R_50_stage1.yaml \
         MODEL.WEIGHTS R-50.pth
 
-Keys become backbone.stem.* / backbone.res{2..5}.* (Detectron2 ResNet names), fc is dropped. The config must
+Keys become detr.backbone.stem.* / detr.backbone.res{2..5}.* (Detectron2 ResNet names in the plugin's model), fc is
+dropped. The config must
 use torchvision-style blocks (MODEL.RESNETS.STRIDE_IN_1X1 False; RES2_OUT_CHANNELS 64 for R-18/34).
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from detr_panoptic_d2.checkpoint import (  # noqa: E402
+from detr_panoptic_d2.checkpoint import (
     convert_torchvision_resnet,
     load_state_dict_file,
     save_d2_checkpoint,

@@ -17,11 +17,10 @@ import torch
 import tqdm
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data import transforms as T
 from detectron2.engine import DefaultPredictor
 
 from detr_panoptic_d2 import add_detr_panoptic_config
-from detr_panoptic_d2.data import register_toy_panoptic_from_cfg
+from detr_panoptic_d2.data import register_datasets_from_cfg
 from detr_panoptic_d2.visualization import draw_ground_truth, draw_prediction, explain_queries, side_by_side
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -68,7 +67,7 @@ def main():
         parser.error("give either --input or --dataset")
 
     cfg = setup_cfg(args)
-    register_toy_panoptic_from_cfg(cfg)
+    register_datasets_from_cfg(cfg)
     dataset_dicts = None
     if args.dataset:
         dataset_dicts = DatasetCatalog.get(args.dataset)[: args.num]
@@ -93,10 +92,9 @@ def main():
             picture = side_by_side(draw_ground_truth(rgb, dataset_dicts[i], metadata), picture)
         name = os.path.splitext(os.path.basename(path))[0]
         cv2.imwrite(os.path.join(args.output, f"{name}.png"), picture[:, :, ::-1])
-        if args.explain:
+        if args.explain:  # the model's input as DefaultPredictor makes it
             image = bgr[:, :, ::-1] if cfg.INPUT.FORMAT == "RGB" else bgr
-            resized = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST).get_transform(image)
-            image = resized.apply_image(image)
+            image = predictor.aug.get_transform(image).apply_image(image)
             inputs = {"image": torch.as_tensor(image.astype("float32").transpose(2, 0, 1))}
             explain_queries(predictor.model, inputs, metadata, os.path.join(args.output, f"{name}_queries.png"),
                             input_format=cfg.INPUT.FORMAT)

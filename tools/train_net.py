@@ -10,11 +10,12 @@ import logging
 
 import torch
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 
 from detr_panoptic_d2 import add_detr_panoptic_config
+from detr_panoptic_d2.checkpoint import DetrCheckpointer
+from detr_panoptic_d2.data import register_datasets_from_cfg
 from detr_panoptic_d2.engine import DetrPanopticTrainer
 
 
@@ -28,6 +29,7 @@ def setup(args):
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     default_setup(cfg, args)
+    register_datasets_from_cfg(cfg)
     return cfg
 
 
@@ -40,7 +42,7 @@ def main(args):
                 "Pass MODEL.WEIGHTS path/to/model.pth."
             )
         model = DetrPanopticTrainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        DetrCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         return DetrPanopticTrainer.test(cfg, model)
     trainer = DetrPanopticTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)

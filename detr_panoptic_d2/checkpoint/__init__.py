@@ -8,6 +8,7 @@ from .detr_converter import (
     convert_detr_state_dict,
     remap_class_rows,
 )
+from .loading import DetrCheckpointer, load_detr_body, load_submodule, read_checkpoint_state, rename_legacy_keys
 from .torchvision_converter import (
     convert_resnet_state_dict,
     convert_torchvision_resnet,
@@ -17,6 +18,7 @@ from .torchvision_converter import (
 )
 
 __all__ = [
+    "DetrCheckpointer", "load_detr_body", "load_submodule", "read_checkpoint_state", "rename_legacy_keys",
     "METADATA", "DetrCheckpointInfo", "config_overrides", "contiguous_id_map", "convert_detr_checkpoint",
     "convert_detr_state_dict", "remap_class_rows", "convert_resnet_state_dict", "convert_torchvision_resnet",
     "load_state_dict_file", "rename_torchvision_resnet_key", "save_d2_checkpoint",

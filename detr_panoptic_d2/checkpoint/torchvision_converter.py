@@ -4,100 +4,59 @@ torchvision: ``conv1``, ``bn1``, ``layer{1..4}.{i}.conv{j}`` / ``bn{j}`` / ``dow
 ``downsample.1`` (BN), ``fc``. Detectron2 (``build_resnet_backbone``): ``stem.conv1`` + ``stem.conv1.norm``,
 ``res{2..5}.{i}.conv{j}`` + ``conv{j}.norm``, ``shortcut`` + ``shortcut.norm``. A BatchNorm keeps weight, bias,
 running_mean and running_var (what Detectron2's FrozenBatchNorm2d holds); ``num_batches_tracked`` is dropped.
+Completeness is checked by loading the result strictly into the Detectron2 ResNet of the same depth.
 
 The ResNet must be torchvision-style (stride in the 3×3 conv): ``MODEL.RESNETS.STRIDE_IN_1X1 False``, and
 ``MODEL.RESNETS.RES2_OUT_CHANNELS 64`` for R-18/34.
 """
+
+import argparse
+import os
 import re
 
 import torch
+from detectron2.config import get_cfg
+from detectron2.layers import ShapeSpec
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-__all__ = [
-    "rename_torchvision_resnet_key",
-    "convert_resnet_state_dict",
-    "convert_torchvision_resnet",
-    "load_state_dict_file",
-    "save_d2_checkpoint",
+_BN = r"bn(\d)\.(weight|bias|running_mean|running_var|num_batches_tracked)"
+_RULES = [  # (torchvision key, Detectron2 name or None for dropped keys)
+    (r"^fc\.(weight|bias)$|^(bn1|layer[1-4]\.\d+\.(bn\d|downsample\.1))\.num_batches_tracked$", None),
+    (r"^conv1\.weight$", "stem.conv1.weight"),
+    (r"^bn1\.(\w+)$", r"stem.conv1.norm.\1"),
+    (r"^layer([1-4])\.(\d+)\.conv(\d)\.weight$", r"res\1.\2.conv\3.weight"),
+    (rf"^layer([1-4])\.(\d+)\.{_BN}$", r"res\1.\2.conv\3.norm.\4"),
+    (r"^layer([1-4])\.(\d+)\.downsample\.0\.weight$", r"res\1.\2.shortcut.weight"),
+    (r"^layer([1-4])\.(\d+)\.downsample\.1\.(weight|bias|running_mean|running_var)$", r"res\1.\2.shortcut.norm.\3"),
 ]
-
-_BN_LEAVES = ("weight", "bias", "running_mean", "running_var")
-_STEM = re.compile(r"^(conv1\.weight|bn1\.(weight|bias|running_mean|running_var|num_batches_tracked))$")
-_BLOCK = re.compile(
-    r"^layer([1-4])\.(\d+)\.(conv([1-3])\.weight|bn([1-3])\.(weight|bias|running_mean|running_var|num_batches_tracked)"
-    r"|downsample\.0\.weight|downsample\.1\.(weight|bias|running_mean|running_var|num_batches_tracked))$"
-)
+_RULES = [(re.compile(p), r) for p, r in _RULES]
+DEPTHS = {((2, 2, 2, 2), False): 18, ((3, 4, 6, 3), False): 34, ((3, 4, 6, 3), True): 50,
+          ((3, 4, 23, 3), True): 101, ((3, 8, 36, 3), True): 152}
 
 
 def rename_torchvision_resnet_key(key):
     """One torchvision ResNet key → its Detectron2 name (without the ``backbone.`` prefix).
 
-    Returns None for keys that have no Detectron2 counterpart and are dropped on purpose (``fc.*``,
-    ``*.num_batches_tracked``). Raises KeyError for anything else that is not a ResNet key.
+    Returns None for keys dropped on purpose (``fc.*``, ``*.num_batches_tracked``). Raises KeyError for
+    anything else that is not a ResNet key.
     """
-    if key.endswith(".num_batches_tracked") and (_STEM.match(key) or _BLOCK.match(key)):
-        return None
-    if key in ("fc.weight", "fc.bias"):
-        return None
-    if _STEM.match(key):
-        return "stem.conv1.weight" if key == "conv1.weight" else "stem.conv1.norm." + key.split(".", 1)[1]
-    m = _BLOCK.match(key)
-    if not m:
-        raise KeyError(f"not a torchvision ResNet key: {key!r}")
-    stage, block, rest = int(m.group(1)), m.group(2), m.group(3)
-    prefix = f"res{stage + 1}.{block}."
-    if rest.startswith("conv"):
-        return prefix + rest
-    if rest.startswith("bn"):
-        j, leaf = rest[2], rest.split(".", 1)[1]
-        return prefix + f"conv{j}.norm.{leaf}"
-    if rest == "downsample.0.weight":
-        return prefix + "shortcut.weight"
-    return prefix + "shortcut.norm." + rest.split(".", 2)[2]
-
-
-def _check_resnet_complete(new_keys, source_name):
-    """Every block of every stage has all its convs and norms, block indices are contiguous from 0."""
-    missing = []
-    for leaf in ("weight",) + tuple("norm." + b for b in _BN_LEAVES):
-        k = "stem.conv1." + leaf if leaf != "weight" else "stem.conv1.weight"
-        if k not in new_keys:
-            missing.append(k)
-    blocks = {}
-    for k in new_keys:
-        m = re.match(r"^res([2-5])\.(\d+)\.", k)
+    for rx, repl in _RULES:
+        m = rx.match(key)
         if m:
-            blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
-    for stage in (2, 3, 4, 5):
-        if stage not in blocks:
-            missing.append(f"res{stage}.* (torchvision layer{stage - 1}.*)")
-            continue
-        n = max(blocks[stage]) + 1
-        # bottleneck blocks have conv3; basic blocks (R-18/34) do not
-        convs = 3 if any(k.startswith(f"res{stage}.0.conv3.") for k in new_keys) else 2
-        for i in range(n):
-            for j in range(1, convs + 1):
-                for leaf in ("weight",) + tuple("norm." + b for b in _BN_LEAVES):
-                    k = f"res{stage}.{i}.conv{j}.{leaf}"
-                    if k not in new_keys:
-                        missing.append(k)
-            has_shortcut = any(k.startswith(f"res{stage}.{i}.shortcut.") for k in new_keys)
-            if has_shortcut or (i == 0 and (stage > 2 or convs == 3)):
-                for leaf in ("weight",) + tuple("norm." + b for b in _BN_LEAVES):
-                    k = f"res{stage}.{i}.shortcut.{leaf}"
-                    if k not in new_keys:
-                        missing.append(k)
-    if missing:
-        raise KeyError(f"{source_name}: incomplete ResNet weights, missing (Detectron2 names): {missing[:20]}"
-                       + (f" and {len(missing) - 20} more" if len(missing) > 20 else ""))
+            if repl is None:
+                return None
+            # torchvision's layer1..4 are Detectron2's res2..5
+            return re.sub(r"^res(\d)", lambda s: f"res{int(s.group(1)) + 1}", m.expand(repl))
+    raise KeyError(f"not a torchvision ResNet key: {key!r}")
 
 
 def convert_resnet_state_dict(state_dict, src_prefix="", dst_prefix="backbone.", source_name="state dict"):
     """Rename the torchvision ResNet keys under ``src_prefix`` to Detectron2 names under ``dst_prefix``.
 
-    Only keys starting with ``src_prefix`` are considered; each of them must be a ResNet key (KeyError naming
-    it otherwise). Returns (new state dict, set of consumed source keys).
+    Each key under ``src_prefix`` must be a ResNet key (KeyError naming it otherwise). Returns (new state dict,
+    {new key: source key} of the renamed tensors, set of consumed source keys).
     """
-    out, used = {}, set()
+    out, source_of, used = {}, {}, set()
     for k, v in state_dict.items():
         if not k.startswith(src_prefix):
             continue
@@ -108,8 +67,42 @@ def convert_resnet_state_dict(state_dict, src_prefix="", dst_prefix="backbone.",
         used.add(k)
         if new is not None:
             out[dst_prefix + new] = v
-    _check_resnet_complete({k[len(dst_prefix):] for k in out}, source_name)
-    return out, used
+            source_of[dst_prefix + new] = k
+    return out, source_of, used
+
+
+def resnet_depth(state_dict, prefix="backbone."):
+    """Depth of the Detectron2-named ResNet in ``state_dict`` (block counts per stage, bottleneck or not)."""
+    blocks = tuple(len({k.split(".")[len(prefix.split("."))] for k in state_dict if k.startswith(f"{prefix}res{s}.")})
+                   for s in (2, 3, 4, 5))
+    depth = DEPTHS.get((blocks, f"{prefix}res2.0.conv3.weight" in state_dict))
+    if depth is None:
+        raise ValueError(f"ResNet with blocks per stage {blocks} is not a standard depth")
+    return depth
+
+
+def check_loads_strictly(module, state_dict, source_of, source_name):
+    """``module.load_state_dict(state_dict, strict=True)``, with a KeyError naming the missing keys and the
+    unexpected ones (with their source names) when it does not fit."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    if missing or unexpected:
+        unexpected = [f"{k} (from {source_of.get(k, k)})" for k in unexpected]
+        raise KeyError(f"{source_name}: missing keys (plugin names): {missing[:20]}"
+                       + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
+                       + f"; unexpected keys: {unexpected[:20]}")
+    module.load_state_dict(state_dict, strict=True)
+
+
+def resnet_cfg(depth):
+    """A Detectron2 config of the torchvision-style ResNet of ``depth``, res2..res5 out."""
+    cfg = get_cfg()
+    r = cfg.MODEL.RESNETS
+    r.DEPTH, r.STRIDE_IN_1X1, r.OUT_FEATURES = depth, False, ["res2", "res3", "res4", "res5"]
+    if depth in (18, 34):
+        r.RES2_OUT_CHANNELS = 64
+    return cfg
 
 
 def load_state_dict_file(path_or_url):
@@ -118,9 +111,6 @@ def load_state_dict_file(path_or_url):
     Loads with ``weights_only=True`` (plus ``argparse.Namespace``, which DETR checkpoints hold in "args").
     Raises FileNotFoundError / RuntimeError naming the file when it cannot be fetched or read.
     """
-    import argparse
-    import os
-
     from detectron2.utils.file_io import PathManager
 
     try:
@@ -144,13 +134,10 @@ def save_d2_checkpoint(state_dict, output_path, author):
 
     ``DetectionCheckpointer`` loads these names as they are (no name-matching heuristics).
     """
-    import os
-
     if not str(output_path).endswith(".pth"):
         raise ValueError(f"output must be a .pth file (DetectionCheckpointer reads .pkl as Caffe2/Detectron): "
                          f"{output_path}")
-    d = os.path.dirname(os.path.abspath(output_path))
-    os.makedirs(d, exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
     ckpt = {
         "model": {k: v.detach().clone().contiguous() for k, v in state_dict.items()},
         "__author__": author,
@@ -162,19 +149,22 @@ def save_d2_checkpoint(state_dict, output_path, author):
 
 def convert_torchvision_resnet(state_dict, source_name="torchvision ResNet"):
     """torchvision ImageNet ResNet state dict (``conv1``, ``bn1``, ``layer*``, ``fc``) → Detectron2 backbone
-    state dict with keys ``backbone.stem.*``, ``backbone.res{2..5}.*`` (``fc`` dropped).
+    state dict with keys ``detr.backbone.stem.*``, ``detr.backbone.res{2..5}.*`` (``fc`` dropped), the plugin
+    model's names (``MODEL.WEIGHTS`` of a stage-1 config), checked against the
+    Detectron2 ResNet of the same depth. Accepts a ``{"model": ...}`` / ``{"state_dict": ...}`` wrapper and a
+    ``module.`` prefix."""
+    from ..modeling.backbone import build_detr_resnet_backbone
 
-    Accepts a ``{"model": ...}`` / ``{"state_dict": ...}`` wrapper and a ``module.`` prefix.
-    """
     if isinstance(state_dict, dict):
         for wrapper in ("model", "state_dict"):
-            if wrapper in state_dict and isinstance(state_dict[wrapper], dict):
+            if isinstance(state_dict.get(wrapper), dict):
                 state_dict = state_dict[wrapper]
                 break
     if not isinstance(state_dict, dict) or not all(torch.is_tensor(v) for v in state_dict.values()):
         raise ValueError(f"{source_name}: not a state dict of tensors")
-    if state_dict and all(k.startswith("module.") for k in state_dict):
-        state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
-    out, used = convert_resnet_state_dict(state_dict, "", "backbone.", source_name)
-    assert used == set(state_dict)
-    return out
+    state_dict = dict(state_dict)
+    consume_prefix_in_state_dict_if_present(state_dict, "module.")
+    out, source_of, _ = convert_resnet_state_dict(state_dict, "", "", source_name)
+    backbone = build_detr_resnet_backbone(resnet_cfg(resnet_depth(out, "")), ShapeSpec(channels=3))
+    check_loads_strictly(backbone, out, source_of, source_name)
+    return {"detr.backbone." + k: v for k, v in out.items()}

@@ -2,17 +2,18 @@
 import json
 import logging
 import os
+import weakref
 
 from detectron2.data import (
-    DatasetCatalog, MetadataCatalog, build_detection_test_loader, build_detection_train_loader,
-    get_detection_dataset_dicts,
+    MetadataCatalog, build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts,
 )
-from detectron2.engine import DefaultTrainer
-from detectron2.engine import defaults as d2_defaults
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
 from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator, DatasetEvaluators
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
+from ..checkpoint.loading import DetrCheckpointer
 from ..data.dataset_mapper import DetrPanopticDatasetMapper
-from ..data.toy_dataset import register_toy_panoptic_from_cfg
 from .optimizer import build_detr_optimizer
 
 logger = logging.getLogger(__name__)
@@ -41,35 +42,32 @@ def load_dataset_dicts(names, filter_empty=False):
         raise error from e
 
 
-def _create_ddp_model(model, **kwargs):
-    """Detectron2's ``create_ddp_model``, also for CPU models: it passes ``device_ids=[local_rank]``, which
-    DistributedDataParallel rejects for a module on the CPU (multi-process CPU training with gloo)."""
-    if "device_ids" not in kwargs and all(p.device.type == "cpu" for p in model.parameters()):
-        kwargs["device_ids"] = None
-    return _d2_create_ddp_model(model, **kwargs)
-
-
-_d2_create_ddp_model = d2_defaults.create_ddp_model
-
-
 class DetrPanopticTrainer(DefaultTrainer):
-    """DefaultTrainer with DETR's data mapper, AdamW + backbone multiplier + full-model gradient clipping,
-    and COCO panoptic (plus COCO instance, when an instances JSON is registered) evaluation."""
+    """DefaultTrainer with DETR's data mapper, AdamW + backbone multiplier + full-model gradient clipping, the
+    plugin's checkpointer, and COCO panoptic (plus COCO instance, when an instances JSON is registered)
+    evaluation. Register the data sets before building it (``register_datasets_from_cfg``)."""
 
     def __init__(self, cfg):
-        register_toy_panoptic_from_cfg(cfg)
-        # DefaultTrainer.__init__ wraps the model with the module-level create_ddp_model of
-        # detectron2.engine.defaults; swap in the CPU-aware one for the duration of the call.
-        d2_defaults.create_ddp_model = _create_ddp_model
-        try:
-            super().__init__(cfg)
-        finally:
-            d2_defaults.create_ddp_model = _d2_create_ddp_model
-
-    @classmethod
-    def build_model(cls, cfg):
-        register_toy_panoptic_from_cfg(cfg)  # the model reads the thing/stuff split from the metadata
-        return super().build_model(cfg)
+        # DefaultTrainer.__init__, except that the model is wrapped in DistributedDataParallel without
+        # device_ids when it lies on the CPU (multi-process CPU training with gloo: Detectron2's
+        # create_ddp_model passes the local rank as a device id, which DDP rejects for CPU modules), and
+        # that checkpoints go through DetrCheckpointer.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+        model = create_ddp_model(model, broadcast_buffers=False, **({"device_ids": None} if on_cpu else {}))
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetrCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -78,7 +76,6 @@ class DetrPanopticTrainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        register_toy_panoptic_from_cfg(cfg)
         dicts = load_dataset_dicts([dataset_name])
         return build_detection_test_loader(dicts, mapper=DetrPanopticDatasetMapper(cfg, False))
 
@@ -109,8 +106,3 @@ class DetrPanopticTrainer(DefaultTrainer):
     @classmethod
     def build_optimizer(cls, cfg, model):
         return build_detr_optimizer(cfg, model)
-
-    @classmethod
-    def test(cls, cfg, model, evaluators=None):
-        register_toy_panoptic_from_cfg(cfg)
-        return super().test(cfg, model, evaluators)

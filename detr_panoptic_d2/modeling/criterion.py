@@ -25,39 +25,53 @@ def focal_loss(inputs, targets, num_boxes, alpha=0.25, gamma=2.0):
 class SetCriterion(nn.Module):
     """Losses of DETR given a Hungarian matching of queries to targets.
 
-    Weighted losses (returned as losses): ``loss_ce`` (cross-entropy with a reduced no-object weight),
-    ``loss_bbox`` (L1 on normalized cxcywh) and ``loss_giou``, each normalized by the number of target boxes
-    averaged over all workers; ``loss_mask`` (sigmoid focal) and ``loss_dice`` on matched queries when
-    masks are predicted; the class and box losses again for every auxiliary decoder layer (suffix ``_i``).
-    Diagnostics (``class_error``, ``cardinality_error``) are returned separately as metrics.
+    ``losses`` selects what is trained: ``"labels"`` (``loss_ce``: cross-entropy with a reduced no-object
+    weight), ``"boxes"`` (``loss_bbox``: L1 on normalized cxcywh, and ``loss_giou``) and ``"masks"``
+    (``loss_mask``: sigmoid focal, and ``loss_dice``, on the matched queries' masks). Box and mask losses are
+    normalized by the number of target boxes averaged over all workers. With ``num_aux_layers`` L, the labels
+    and boxes losses are also computed for each earlier decoder layer (matched on its own predictions) under
+    the suffix ``_0`` .. ``_{L-1}``. ``weight_dict`` holds the weights of the base keys; ``self.weight_dict``
+    is its expansion to every returned key, made once here.
+
+    Diagnostics are returned apart from the losses, as metrics: ``class_error`` and ``cardinality_error``, and,
+    when labels and boxes are not trained (stage 2: frozen detector), the last layer's class and box losses.
     """
 
+    LOSS_KEYS = {"labels": ("loss_ce",), "boxes": ("loss_bbox", "loss_giou"), "masks": ("loss_mask", "loss_dice")}
+
     def __init__(
-        self, num_classes, matcher, weight_dict, eos_coef=0.1, focal_alpha=0.25, focal_gamma=2.0,
-        box_losses=True,
+        self, num_classes, matcher, weight_dict, losses=("labels", "boxes"), num_aux_layers=0, eos_coef=0.1,
+        focal_alpha=0.25, focal_gamma=2.0,
     ):
         super().__init__()
+        unknown = set(losses) - set(self.LOSS_KEYS)
+        if unknown:
+            raise ValueError(f"SetCriterion: unknown losses {sorted(unknown)}; known: {sorted(self.LOSS_KEYS)}")
         self.num_classes = num_classes
         self.matcher = matcher
-        self.weight_dict = weight_dict
+        self.losses = tuple(losses)
+        self.num_aux_layers = num_aux_layers
         self.eos_coef = eos_coef
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
-        # False in stage 2: the detection part is frozen, its losses are logged as metrics only.
-        self.box_losses = box_losses
+        keys = [k for loss in self.losses for k in self.LOSS_KEYS[loss]]
+        aux = [k for loss in self.losses if loss != "masks" for k in self.LOSS_KEYS[loss]]
+        self.weight_dict = {k: weight_dict[k] for k in keys}
+        self.weight_dict.update({f"{k}_{i}": weight_dict[k] for i in range(num_aux_layers) for k in aux})
         empty_weight = torch.ones(num_classes + 1)
         empty_weight[-1] = eos_coef
         self.register_buffer("empty_weight", empty_weight, persistent=False)  # from the config, not checkpoints
 
     @staticmethod
-    def _src_permutation_idx(indices):
+    def matched_query_index(indices):
+        """(batch_idx (K,), query_idx (K,)) of the matched queries, image by image in matching order."""
         batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
         src_idx = torch.cat([src for src, _ in indices])
         return batch_idx, src_idx
 
-    def loss_labels(self, outputs, targets, indices):
+    def loss_labels(self, outputs, targets, indices, num_boxes):
         logits = outputs["pred_logits"]  # (B, N, K+1)
-        idx = self._src_permutation_idx(indices)
+        idx = self.matched_query_index(indices)
         target_classes_o = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])
         target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
         target_classes[idx] = target_classes_o.to(logits.device)
@@ -65,30 +79,22 @@ class SetCriterion(nn.Module):
         return {"loss_ce": loss_ce}
 
     def loss_boxes(self, outputs, targets, indices, num_boxes):
-        idx = self._src_permutation_idx(indices)
+        idx = self.matched_query_index(indices)
         src_boxes = outputs["pred_boxes"][idx]
         target_boxes = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)], dim=0)
         loss_bbox = F.l1_loss(src_boxes, target_boxes, reduction="none").sum() / num_boxes
         giou = torch.diag(generalized_box_iou(cxcywh_to_xyxy(src_boxes), cxcywh_to_xyxy(target_boxes)))
         return {"loss_bbox": loss_bbox, "loss_giou": (1 - giou).sum() / num_boxes}
 
-    def loss_masks(self, outputs, targets, indices, num_boxes, mask_predictor=None):
-        """Masks of matched queries, bilinearly upsampled to the padded target size.
-
-        ``mask_predictor(batch_idx, query_idx) -> (K, h, w)`` computes masks for the matched queries only;
-        otherwise ``outputs["pred_masks"]`` (B, N, h, w) is indexed.
-        """
-        batch_idx, src_idx = self._src_permutation_idx(indices)
-        if mask_predictor is not None:
-            src_masks = mask_predictor(batch_idx, src_idx)
-        else:
-            src_masks = outputs["pred_masks"][batch_idx, src_idx]
-        target_masks = torch.cat([t["masks"][j] for t, (_, j) in zip(targets, indices)]).to(src_masks)
-        if src_masks.shape[0] == 0:
-            zero = src_masks.sum() * 0.0
+    def loss_masks(self, pred_masks, targets, indices, num_boxes):
+        """pred_masks: (K, h, w) mask logits of the matched queries in ``matched_query_index`` order, bilinearly
+        upsampled here to the padded target size."""
+        target_masks = torch.cat([t["masks"][j] for t, (_, j) in zip(targets, indices)]).to(pred_masks)
+        if pred_masks.shape[0] == 0:
+            zero = pred_masks.sum() * 0.0
             return {"loss_mask": zero, "loss_dice": zero}
         src_masks = F.interpolate(
-            src_masks[:, None], size=target_masks.shape[-2:], mode="bilinear", align_corners=False
+            pred_masks[:, None], size=target_masks.shape[-2:], mode="bilinear", align_corners=False
         )[:, 0].flatten(1)
         target_masks = target_masks.flatten(1)
         return {
@@ -99,7 +105,7 @@ class SetCriterion(nn.Module):
     @torch.no_grad()
     def metrics(self, outputs, targets, indices):
         logits = outputs["pred_logits"]
-        idx = self._src_permutation_idx(indices)
+        idx = self.matched_query_index(indices)
         target_classes_o = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])
         if target_classes_o.numel():
             acc = (logits[idx].argmax(-1) == target_classes_o).float().mean() * 100
@@ -118,34 +124,35 @@ class SetCriterion(nn.Module):
             torch.distributed.all_reduce(num)
         return torch.clamp(num / comm.get_world_size(), min=1).item()
 
-    def forward(self, outputs, targets, mask_predictor=None):
-        """Returns (weighted losses, metrics, matching of the last decoder layer).
+    def _detection_losses(self, outputs, targets, indices, num_boxes):
+        out = {}
+        if "labels" in self.losses:
+            out.update(self.loss_labels(outputs, targets, indices, num_boxes))
+        if "boxes" in self.losses:
+            out.update(self.loss_boxes(outputs, targets, indices, num_boxes))
+        return out
 
-        outputs: "pred_logits" (B, N, K+1), "pred_boxes" (B, N, 4), optional "pred_masks" (B, N, h, w),
-        optional "aux_outputs" (list of dicts of logits and boxes). targets: list of dicts with "labels",
-        "boxes" (normalized cxcywh) and, with masks, "masks" (T, H_pad, W_pad).
+    def forward(self, outputs, targets, indices, pred_masks=None):
+        """Returns (weighted losses, metrics).
+
+        outputs: "pred_logits" (B, N, K+1), "pred_boxes" (B, N, 4), optional "aux_outputs" (list of dicts of
+        logits and boxes). targets: list of dicts with "labels", "boxes" (normalized cxcywh) and, for mask
+        losses, "masks" (T, H_pad, W_pad). indices: the matching of the last layer, ``self.matcher(outputs,
+        targets)``. pred_masks: (K, h, w) mask logits of the matched queries (``matched_query_index`` order),
+        required when "masks" is among the losses.
         """
-        main = {k: v for k, v in outputs.items() if k != "aux_outputs"}
-        indices = self.matcher(main, targets)
         num_boxes = self.num_boxes(targets, outputs["pred_logits"].device)
-
-        raw = {}
-        raw.update(self.loss_labels(main, targets, indices))
-        raw.update(self.loss_boxes(main, targets, indices, num_boxes))
-        if self.box_losses:
-            for i, aux in enumerate(outputs.get("aux_outputs", [])):
-                aux_indices = self.matcher(aux, targets)
-                for k, v in {
-                    **self.loss_labels(aux, targets, aux_indices),
-                    **self.loss_boxes(aux, targets, aux_indices, num_boxes),
-                }.items():
-                    raw[f"{k}_{i}"] = v
-        metrics = self.metrics(main, targets, indices)
-        if not self.box_losses:
-            metrics.update({k: v.detach() for k, v in raw.items()})
-            raw = {}
-        if mask_predictor is not None or "pred_masks" in outputs:
-            raw.update(self.loss_masks(main, targets, indices, num_boxes, mask_predictor))
-
-        losses = {k: v * self.weight_dict[k.rsplit("_", 1)[0] if k[-1].isdigit() else k] for k, v in raw.items()}
-        return losses, metrics, indices
+        raw = self._detection_losses(outputs, targets, indices, num_boxes)
+        if "masks" in self.losses:
+            if pred_masks is None:
+                raise ValueError("SetCriterion: mask losses need pred_masks of the matched queries")
+            raw.update(self.loss_masks(pred_masks, targets, indices, num_boxes))
+        for i, aux in enumerate(outputs.get("aux_outputs", [])[: self.num_aux_layers]):
+            aux_losses = self._detection_losses(aux, targets, self.matcher(aux, targets), num_boxes)
+            raw.update({f"{k}_{i}": v for k, v in aux_losses.items()})
+        metrics = self.metrics(outputs, targets, indices)
+        if "labels" not in self.losses:  # frozen detector: its losses are diagnostics
+            with torch.no_grad():
+                metrics.update(self.loss_labels(outputs, targets, indices, num_boxes))
+                metrics.update(self.loss_boxes(outputs, targets, indices, num_boxes))
+        return {k: v * self.weight_dict[k] for k, v in raw.items()}, metrics

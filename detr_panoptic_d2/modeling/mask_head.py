@@ -13,7 +13,8 @@ MASK_HEAD_REGISTRY = Registry("DETR_MASK_HEAD")
 MASK_HEAD_REGISTRY.__doc__ = """
 Registry for DETR mask heads. A head is built as ``MASK_HEAD_REGISTRY.get(cfg.MODEL.MASK_HEAD.NAME)(cfg,
 input_shape)`` where input_shape maps backbone feature names to ShapeSpec, and is called as
-``head(box_embed, memory, memory_mask, src_proj, features, query_index)`` → (K, H/4, W/4) mask logits.
+``head(features, batch_idx, query_idx)`` → (K, H/4, W/4) mask logits of the K given queries, where
+``features`` is the dict returned by ``DETR.forward`` (box_embed, memory, memory_mask, src_proj, backbone).
 """
 
 
@@ -113,39 +114,38 @@ class DetrMaskHead(nn.Module):
 
     def __init__(self, cfg, input_shape):
         super().__init__()
-        hidden_dim, nheads = cfg.MODEL.DETR.HIDDEN_DIM, cfg.MODEL.DETR.NHEADS
-        if hidden_dim % 128 or (hidden_dim + nheads) % 8:
-            raise ValueError(
-                f"DetrMaskHead uses GroupNorm(8) down to HIDDEN_DIM/16 channels: MODEL.DETR.HIDDEN_DIM must be a "
-                f"multiple of 128 and HIDDEN_DIM + NHEADS a multiple of 8 (got {hidden_dim}, {nheads})"
-            )
+        hidden_dim, nheads = cfg.MODEL.DETR.HIDDEN_DIM, cfg.MODEL.DETR.NHEADS  # checked by validate_config
         self.in_features = list(cfg.MODEL.MASK_HEAD.IN_FEATURES)
+        missing = [f for f in self.in_features if f not in input_shape]
+        if missing:
+            raise ValueError(f"MODEL.MASK_HEAD.IN_FEATURES {missing} are not backbone outputs ({sorted(input_shape)})")
         fpn_dims = [input_shape[f].channels for f in self.in_features]
         self.bbox_attention = MHAttentionMap(
             hidden_dim, hidden_dim, nheads, dropout=0.0, scale_to_uniform=cfg.MODEL.MASK_HEAD.SCALE_ATTENTION_MAPS
         )
         self.mask_head = MaskHeadSmallConv(hidden_dim + nheads, fpn_dims, hidden_dim)
 
-    def forward(self, box_embed, memory, memory_mask, src_proj, features, query_index):
-        """
-        box_embed: (B, N, C) last decoder layer; memory: (B, C, h, w) encoded image; memory_mask: (B, h, w);
-        src_proj: (B, C, h, w) projected res5; features: dict of backbone features;
-        query_index: (batch_idx (K,), query_idx (K,)). Returns (K, H/4, W/4) mask logits in that order.
-        """
-        batch_idx, query_idx = query_index
+    def forward(self, features, batch_idx, query_idx):
+        """features: ``DETR.forward``'s feature dict; batch_idx, query_idx: (K,) image and query of each row.
+        Returns (K, H/4, W/4) mask logits, in the order of the rows."""
+        box_embed, memory, memory_mask = features["box_embed"], features["memory"], features["memory_mask"]
+        fpns = [features["backbone"][f] for f in self.in_features]
         rows = []
         for b in range(box_embed.shape[0]):
             sel = (batch_idx == b).nonzero()[:, 0]
             if len(sel):
                 rows.append((sel, self.bbox_attention(box_embed[b, query_idx[sel]], memory[b], memory_mask[b])))
         if not rows:
-            h4, w4 = features[self.in_features[-1]].shape[-2:]
-            return box_embed.new_zeros((0, h4, w4))
+            return box_embed.new_zeros((0, *self.output_size(features)))
         order = torch.cat([sel for sel, _ in rows])
         attn = torch.cat([a for _, a in rows])  # (K, M, h, w), grouped by image
         b_sorted = batch_idx[order]
-        x = torch.cat([src_proj[b_sorted], attn], dim=1)
-        masks = self.mask_head(x, [features[f] for f in self.in_features], b_sorted)[:, 0]
+        x = torch.cat([features["src_proj"][b_sorted], attn], dim=1)
+        masks = self.mask_head(x, fpns, b_sorted)[:, 0]
         out = torch.empty_like(masks)
         out[order] = masks
         return out
+
+    def output_size(self, features):
+        """(H/4, W/4): the size of the finest feature the upsampler reads."""
+        return tuple(features["backbone"][self.in_features[-1]].shape[-2:])

@@ -1,9 +1,14 @@
-"""Panoptic post-processing in Detectron2's ``panoptic_seg`` format, vectorized on tensors: DETR's merge
-(the default) and MaskFormer's score-weighted merge."""
+"""Post-processing of DETR's per-query outputs into Detectron2 results: the panoptic merges, vectorized on
+tensors (DETR's, the default, and MaskFormer's score-weighted merge) and thing instances."""
 import itertools
 
 import torch
 import torch.nn.functional as F
+from detectron2.modeling import detector_postprocess
+from detectron2.structures import Boxes, Instances
+from torch import nn
+
+from .box_ops import cxcywh_to_xyxy
 
 
 def select_queries(logits, threshold):
@@ -155,3 +160,106 @@ def maskformer_merge(mask_logits, classes, scores, is_thing, output_size, min_ar
     owners = ok & (rep == torch.arange(q, device=device)) & (area > min_area)
     ids = torch.where((ids >= 0) & owners[ids.clamp(min=0)], ids, -1)
     return _number_segments(ids, owners, classes, scores, is_thing)
+
+
+def detr_instances(boxes, scores, classes, mask_logits, image_size, out_size):
+    """Boxes (Q, 4) normalized cxcywh and optional mask logits (Q, H_img, W_img) at the processed image size →
+    Detectron2 ``Instances`` at ``out_size`` (boxes rescaled and clipped, empty boxes dropped, masks binarized
+    at the image size and nearest-resized, as DETR)."""
+    h, w = image_size
+    inst = Instances(image_size)
+    inst.pred_boxes = Boxes(cxcywh_to_xyxy(boxes) * boxes.new_tensor([w, h, w, h]))
+    inst.scores = scores
+    inst.pred_classes = classes
+    if mask_logits is not None:  # carried through detector_postprocess, which drops empty boxes
+        inst.pred_mask_logits = mask_logits
+    inst = detector_postprocess(inst, *out_size)
+    if mask_logits is not None:
+        m = (inst.pred_mask_logits > 0)[:, None].float()
+        inst.remove("pred_mask_logits")
+        if len(m):
+            inst.pred_masks = F.interpolate(m, size=out_size, mode="nearest")[:, 0] > 0.5
+        else:
+            inst.pred_masks = torch.zeros((0, *out_size), dtype=torch.bool, device=m.device)
+    return inst
+
+
+class PanopticPostProcessor(nn.Module):
+    """DETR's per-query outputs of one image → Detectron2 results: "panoptic_seg" and "instances".
+
+    Queries are kept for the panoptic output when their argmax is not no-object and their score is above
+    ``object_mask_threshold``; with a mask head, instances are the queries whose best real class is a thing
+    (without one, every query, boxes only, as DETR). ``queries_needing_masks`` tells which queries' masks
+    the outputs read (only the kept and instance queries when ``masks_for_kept_only``), and ``__call__``
+    takes the mask logits of exactly those, in query order.
+    """
+
+    def __init__(
+        self, *, is_thing, has_masks, object_mask_threshold=0.85, min_segment_area=4, merge="detr",
+        stuff_merge="first", overlap_threshold=0.8, panoptic_on=True, instance_on=True, masks_for_kept_only=True,
+    ):
+        super().__init__()
+        self.register_buffer("is_thing", is_thing, persistent=False)  # (K,) bool, from the data set metadata
+        self.has_masks = has_masks
+        self.object_mask_threshold = object_mask_threshold
+        self.min_segment_area = min_segment_area
+        self.merge = merge
+        self.stuff_merge = stuff_merge
+        self.overlap_threshold = overlap_threshold
+        self.panoptic_on = panoptic_on and has_masks
+        self.instance_on = instance_on
+        self.masks_for_kept_only = masks_for_kept_only
+
+    @classmethod
+    def from_config(cls, cfg, is_thing, has_masks):
+        t = cfg.MODEL.DETR.TEST
+        return cls(
+            is_thing=is_thing, has_masks=has_masks, object_mask_threshold=t.OBJECT_MASK_THRESHOLD,
+            min_segment_area=t.MIN_SEGMENT_AREA, merge=t.PANOPTIC_MERGE, stuff_merge=t.STUFF_MERGE,
+            overlap_threshold=t.OVERLAP_THRESHOLD, panoptic_on=t.PANOPTIC_ON, instance_on=t.INSTANCE_ON,
+            masks_for_kept_only=t.MASKS_FOR_KEPT_ONLY,
+        )
+
+    def _selections(self, logits):
+        """(panoptic keep, instance selection) (N,) bool each, with scores and labels of both."""
+        keep, scores, labels = select_queries(logits, self.object_mask_threshold)
+        inst_scores, inst_labels = logits.softmax(-1)[:, :-1].max(-1)
+        inst_sel = self.is_thing[inst_labels] if self.has_masks else torch.ones_like(keep)
+        return keep, scores, labels, inst_sel, inst_scores, inst_labels
+
+    def queries_needing_masks(self, logits):
+        """(N,) bool: the queries whose mask logits ``__call__`` reads. logits: (N, K+1)."""
+        if not self.has_masks:
+            return torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
+        if not self.masks_for_kept_only:
+            return torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
+        keep, _, _, inst_sel, _, _ = self._selections(logits)
+        return (keep & self.panoptic_on) | (inst_sel & self.instance_on)
+
+    def forward(self, logits, boxes, mask_logits, padded_size, image_size, out_size):
+        """logits (N, K+1), boxes (N, 4) of one image; mask_logits (Q, H_pad/4, W_pad/4) of the queries
+        ``queries_needing_masks(logits)`` selects, in query order (None without a mask head); padded_size: the
+        batch's padded (H_pad, W_pad); image_size: this image's (H, W) in it; out_size: the requested output
+        size. Returns a dict with "panoptic_seg" and/or "instances"."""
+        keep, scores, labels, inst_sel, inst_scores, inst_labels = self._selections(logits)
+        masks = None
+        if mask_logits is not None:
+            need = self.queries_needing_masks(logits)
+            masks = upsample_masks(mask_logits, padded_size, image_size)  # (Q, H, W)
+
+        def rows(sel):  # the mask rows of the queries in sel (sel ⊆ need), in query order
+            return masks[sel[need]]
+
+        res = {}
+        if self.panoptic_on:
+            args = (rows(keep), labels[keep], scores[keep], self.is_thing, out_size, self.min_segment_area)
+            if self.merge == "maskformer":
+                res["panoptic_seg"] = maskformer_merge(*args, self.overlap_threshold)
+            else:
+                res["panoptic_seg"] = panoptic_merge(*args, self.stuff_merge)
+        if self.instance_on:
+            res["instances"] = detr_instances(
+                boxes[inst_sel], inst_scores[inst_sel], inst_labels[inst_sel],
+                None if masks is None else rows(inst_sel), image_size, out_size,
+            )
+        return res

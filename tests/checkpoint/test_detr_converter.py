@@ -60,8 +60,6 @@ def _randomized(model, seed):
     sd = model.state_dict()
     with torch.no_grad():
         for k, v in sd.items():
-            if k == "criterion.empty_weight":
-                continue
             if k.endswith("running_var"):
                 v.copy_(torch.rand(v.shape, generator=g) + 0.5)
             elif k.endswith(("running_mean", "bias")):
@@ -98,8 +96,7 @@ def _to_original(sd, panoptic, gen):
     rows = 251 if panoptic else 92
     out = {}
     for k, v in sd.items():
-        if k == "criterion.empty_weight":
-            continue
+        k = k[len("detr."):] if k.startswith("detr.") else k
         if k.startswith("backbone."):
             out[p + "backbone.0.body." + _to_torchvision(k[len("backbone."):])] = v.clone()
         elif k.startswith("transformer.encoder_layers."):
@@ -161,12 +158,12 @@ def _inputs():
 def _raw_outputs(model):
     with torch.no_grad():
         images, mask = model.preprocess_image(_inputs())
-        out, state = model.detect(images, mask)
+        out, features = model.detr(images.tensor, mask)
         n = out["pred_logits"].shape[1]
         masks = None
         if model.mask_head is not None:
             q = torch.arange(0, n, 10)  # a few queries: the mask head is the slow part on CPU
-            masks = model.predict_masks(state, torch.zeros(len(q), dtype=torch.long), q)
+            masks = model.mask_head(features, torch.zeros(len(q), dtype=torch.long), q)
     return out["pred_logits"], out["pred_boxes"], masks
 
 
@@ -225,8 +222,8 @@ def test_panoptic_round_trip(panoptic, empty_panoptic_model, tmp_path):
 def test_class_rows_follow_metadata(panoptic):
     _, original = panoptic
     new, _ = convert_detr_state_dict(original)
-    w_src, w_new = original["detr.class_embed.weight"], new["class_embed.weight"]
-    b_src, b_new = original["detr.class_embed.bias"], new["class_embed.bias"]
+    w_src, w_new = original["detr.class_embed.weight"], new["detr.class_embed.weight"]
+    b_src, b_new = original["detr.class_embed.bias"], new["detr.class_embed.bias"]
     meta = MetadataCatalog.get("coco_2017_val_panoptic")
     assert meta.thing_dataset_id_to_contiguous_id[1] == 0  # person
     assert torch.equal(w_new[0], w_src[1]) and torch.equal(b_new[0], b_src[1])
@@ -311,7 +308,7 @@ def test_pre_norm_keys(panoptic):
     sd["detr.transformer.encoder.norm.weight"] = torch.ones(256)
     sd["detr.transformer.encoder.norm.bias"] = torch.zeros(256)
     new, info = convert_detr_state_dict(sd)
-    assert info.pre_norm and "transformer.encoder_norm.weight" in new
+    assert info.pre_norm and "detr.transformer.encoder_norm.weight" in new
     ov = config_overrides(info)
     assert ov[ov.index("MODEL.DETR.PRE_NORM") + 1] == "True"
 

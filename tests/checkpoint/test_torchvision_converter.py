@@ -63,9 +63,9 @@ def test_resnet18_features_equal_torchvision():
     tv = _random_bn(torchvision.models.resnet18(weights=None)).eval()
     sd = convert_torchvision_resnet(tv.state_dict())
     assert not any("fc" in k or "num_batches_tracked" in k for k in sd)
-    assert all(k.startswith("backbone.") for k in sd)
+    assert all(k.startswith("detr.backbone.") for k in sd)
     d2 = build_resnet_backbone(_cfg(18), ShapeSpec(channels=3)).eval()
-    d2.load_state_dict({k[len("backbone."):]: v for k, v in sd.items()}, strict=True)
+    d2.load_state_dict({k[len("detr.backbone."):]: v for k, v in sd.items()}, strict=True)
     x = torch.randn(2, 3, 75, 101)
     with torch.no_grad():
         feats = d2(x)
@@ -79,8 +79,8 @@ def test_resnet18_features_equal_torchvision():
 def test_resnet50_key_set_matches_detectron2():
     sd = convert_torchvision_resnet(torchvision.models.resnet50(weights=None).state_dict())
     d2 = build_resnet_backbone(_cfg(50), ShapeSpec(channels=3))
-    assert set(sd) == {"backbone." + k for k in d2.state_dict()}
-    assert all(sd["backbone." + k].shape == v.shape for k, v in d2.state_dict().items())
+    assert set(sd) == {"detr.backbone." + k for k in d2.state_dict()}
+    assert all(sd["detr.backbone." + k].shape == v.shape for k, v in d2.state_dict().items())
 
 
 def test_errors():

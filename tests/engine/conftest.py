@@ -11,6 +11,7 @@ import pytest
 from detectron2.config import get_cfg
 
 from detr_panoptic_d2 import add_detr_panoptic_config
+from detr_panoptic_d2.data import register_datasets_from_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STAGE1 = os.path.join(REPO, "configs", "toy", "detr_R18_toy_stage1.yaml")
@@ -64,6 +65,7 @@ def tiny_cfg(out_dir, stage=1, max_iter=2, extra=(), toy_root=None, freeze=True)
     cfg.merge_from_list(tiny_opts(out_dir, max_iter, toy_root) + [str(x) for x in extra])
     if freeze:
         cfg.freeze()
+    register_datasets_from_cfg(cfg)  # as tools/train_net.py's set-up does
     return cfg
 
 

@@ -43,7 +43,7 @@ def test_two_stage_training_then_panoptic_evaluation(tiny, tmp_path):
     # stage 2 trains the mask head only: the detection part equals the stage-1 weights
     ckpt1 = torch.load(final1, map_location="cpu", weights_only=False)["model"]
     state2 = t2.model.state_dict()
-    name = next(k for k in ckpt1 if k.startswith("class_embed."))
+    name = next(k for k in ckpt1 if k.startswith("detr.class_embed."))
     torch.testing.assert_close(state2[name], ckpt1[name])
     assert any(k.startswith("mask_head.") for k in state2)
     assert all(not p.requires_grad for n, p in t2.model.named_parameters() if not n.startswith("mask_head."))

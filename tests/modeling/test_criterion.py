@@ -11,6 +11,7 @@ EOS = 0.1
 WEIGHTS = {"loss_ce": 1.5, "loss_bbox": 5.0, "loss_giou": 2.0, "loss_mask": 3.0, "loss_dice": 7.0}
 # Fixed matching: image 0 queries (0, 2) → targets (1, 0); image 1 query 1 → target 0.
 INDICES = [(torch.tensor([0, 2]), torch.tensor([1, 0])), (torch.tensor([1]), torch.tensor([0]))]
+BOXES = ("labels", "boxes")  # stage 1
 
 
 def fixed_matcher(outputs, targets):
@@ -102,13 +103,24 @@ def masks_by_hand(pred_masks, targets, num_boxes, alpha=0.25, gamma=2.0):
     return focal / num_boxes, dice / num_boxes
 
 
-def make_criterion(matcher=fixed_matcher, **kw):
-    return SetCriterion(K, matcher, WEIGHTS, eos_coef=EOS, **kw).double()  # float64 hand comparisons
+def make_criterion(matcher=fixed_matcher, losses=("labels", "boxes", "masks"), num_aux_layers=2, **kw):
+    crit = SetCriterion(K, matcher, WEIGHTS, losses=losses, num_aux_layers=num_aux_layers, eos_coef=EOS, **kw)
+    return crit.double()  # float64 hand comparisons
+
+
+def run(crit, outputs, targets):
+    """The steps of DetrPanoptic.losses: match, masks of the matched queries, losses with that matching."""
+    indices = crit.matcher(outputs, targets)
+    pred_masks = None
+    if "pred_masks" in outputs and "masks" in crit.losses:
+        pred_masks = outputs["pred_masks"][crit.matched_query_index(indices)]
+    losses, metrics = crit(outputs, targets, indices, pred_masks)
+    return losses, metrics, indices
 
 
 def test_each_loss_matches_hand_computation():
     outputs, targets = hand_case()
-    losses, metrics, indices = make_criterion()(outputs, targets)
+    losses, metrics, indices = run(make_criterion(), outputs, targets)
     assert indices is INDICES
     assert set(losses) == {"loss_ce", "loss_bbox", "loss_giou", "loss_mask", "loss_dice"}
     num_boxes = 3
@@ -120,27 +132,36 @@ def test_each_loss_matches_hand_computation():
         assert losses[k].item() == pytest.approx(WEIGHTS[k] * v, rel=1e-9, abs=1e-12), k
 
 
-def test_mask_predictor_path_equals_pred_masks():
+def test_matched_query_index_and_mask_rows():
+    """matched_query_index gives the rows the caller computes masks for: image by image, in matching order."""
     outputs, targets = hand_case()
     pred_masks = outputs.pop("pred_masks")
-    calls = []
-
-    def predictor(batch_idx, query_idx):
-        calls.append((batch_idx.tolist(), query_idx.tolist()))
-        return pred_masks[batch_idx, query_idx]
-
-    losses, _, _ = make_criterion()(outputs, targets, predictor)
-    assert calls == [([0, 0, 1], [0, 2, 1])]  # matched queries only, one call
+    crit = make_criterion()
+    b, q = crit.matched_query_index(INDICES)
+    assert (b.tolist(), q.tolist()) == ([0, 0, 1], [0, 2, 1])
+    losses, _ = crit(outputs, targets, INDICES, pred_masks[b, q])
     focal, dice = masks_by_hand(pred_masks, targets, 3)
     assert losses["loss_mask"].item() == pytest.approx(WEIGHTS["loss_mask"] * focal, rel=1e-9)
     assert losses["loss_dice"].item() == pytest.approx(WEIGHTS["loss_dice"] * dice, rel=1e-9)
+    with pytest.raises(ValueError, match="pred_masks"):
+        crit(outputs, targets, INDICES)
+
+
+def test_weight_dict_expanded_up_front():
+    crit = make_criterion(num_aux_layers=2)
+    base = {"loss_ce", "loss_bbox", "loss_giou"}
+    assert set(crit.weight_dict) == base | {"loss_mask", "loss_dice"} | {f"{k}_{i}" for k in base for i in (0, 1)}
+    assert crit.weight_dict["loss_giou_1"] == WEIGHTS["loss_giou"]
+    assert set(make_criterion(losses=("masks",)).weight_dict) == {"loss_mask", "loss_dice"}
+    with pytest.raises(ValueError, match="unknown losses"):
+        make_criterion(losses=("labels", "keypoints"))
 
 
 def test_mask_loss_upsamples_bilinearly_to_target_size():
     outputs, targets = hand_case()
     small = outputs["pred_masks"][..., :2, :3].clone()  # (2, 3, 2, 3) → upsampled to (4, 5)
     outputs["pred_masks"] = small
-    losses, _, _ = make_criterion()(outputs, targets)
+    losses, _, _ = run(make_criterion(), outputs, targets)
     up = torch.nn.functional.interpolate(small.flatten(0, 1)[:, None], size=(4, 5), mode="bilinear",
                                          align_corners=False).view(2, 3, 4, 5)
     focal, dice = masks_by_hand(up, targets, 3)
@@ -151,7 +172,7 @@ def test_mask_loss_upsamples_bilinearly_to_target_size():
 def test_aux_losses_suffixed_and_weighted():
     outputs, targets = hand_case(n_aux=2)
     outputs.pop("pred_masks")
-    losses, metrics, _ = make_criterion()(outputs, targets)
+    losses, metrics, _ = run(make_criterion(losses=BOXES), outputs, targets)
     base = {"loss_ce", "loss_bbox", "loss_giou"}
     assert set(losses) == base | {f"{k}_{i}" for k in base for i in range(2)}
     for i, aux in enumerate(outputs["aux_outputs"]):
@@ -167,14 +188,14 @@ def test_aux_losses_suffixed_and_weighted():
         calls.append(o["pred_logits"])
         return INDICES
 
-    make_criterion(counting_matcher)(outputs, targets)
+    run(make_criterion(counting_matcher, losses=BOXES), outputs, targets)
     assert len(calls) == 3
     assert calls[1] is outputs["aux_outputs"][0]["pred_logits"] and calls[2] is outputs["aux_outputs"][1]["pred_logits"]
 
 
 def test_metrics_are_not_losses():
     outputs, targets = hand_case()
-    losses, metrics, _ = make_criterion()(outputs, targets)
+    losses, metrics, _ = run(make_criterion(), outputs, targets)
     assert set(metrics) == {"class_error", "cardinality_error"}
     assert not any(k in losses for k in metrics)
     logits = outputs["pred_logits"]
@@ -189,7 +210,7 @@ def test_metrics_are_not_losses():
 
 def test_stage2_box_losses_become_metrics():
     outputs, targets = hand_case(n_aux=1)
-    losses, metrics, _ = make_criterion(box_losses=False)(outputs, targets)
+    losses, metrics, _ = run(make_criterion(losses=("masks",), num_aux_layers=0), outputs, targets)
     assert set(losses) == {"loss_mask", "loss_dice"}
     assert {"loss_ce", "loss_bbox", "loss_giou", "class_error"} <= set(metrics)
     assert not any(k.endswith("_0") for k in metrics)  # no aux losses computed at all
@@ -201,9 +222,9 @@ def test_image_without_targets():
     boxes = torch.rand(1, 4, 4, generator=g, dtype=torch.float64) * 0.3 + 0.2
     boxes.requires_grad_(True)
     targets = [{"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4, dtype=torch.float64)}]
-    crit = make_criterion(HungarianMatcher())
+    crit = make_criterion(HungarianMatcher(), losses=BOXES)
     assert crit.num_boxes(targets, "cpu") == 1.0
-    losses, metrics, indices = crit({"pred_logits": logits, "pred_boxes": boxes}, targets)
+    losses, metrics, indices = run(crit, {"pred_logits": logits, "pred_boxes": boxes}, targets)
     assert indices[0][0].numel() == 0
     assert losses["loss_bbox"].item() == 0 and losses["loss_giou"].item() == 0
     expected_ce = -logits[0].log_softmax(-1)[:, K].mean().item()  # all no-object: the weights cancel
@@ -214,13 +235,13 @@ def test_image_without_targets():
 
 
 def test_num_boxes_normalization():
-    crit = make_criterion()
+    crit = make_criterion(losses=BOXES)
     t = lambda n: {"labels": torch.zeros(n, dtype=torch.int64), "boxes": torch.zeros(n, 4)}  # noqa: E731
     assert crit.num_boxes([t(0), t(0)], "cpu") == 1.0
     assert crit.num_boxes([t(2), t(3)], "cpu") == 5.0
     # losses scale with 1 / num_boxes: doubling every target's contribution doubles num_boxes too
     outputs, targets = hand_case()
     outputs.pop("pred_masks")
-    losses, _, _ = crit(outputs, targets)
+    losses, _, _ = run(crit, outputs, targets)
     l1, _ = boxes_by_hand(outputs["pred_boxes"], targets, 1)
     assert losses["loss_bbox"].item() == pytest.approx(WEIGHTS["loss_bbox"] * l1 / 3, rel=1e-9)

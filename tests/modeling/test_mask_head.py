@@ -2,6 +2,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from detr_panoptic_d2.modeling import DetrMaskHead, MaskHeadSmallConv, MHAttentionMap
@@ -86,7 +87,7 @@ def test_group_norms_have_8_groups():
 def test_invalid_hidden_dim_rejected():
     cfg = tiny_cfg(mask_head=True, **{"MODEL.DETR.HIDDEN_DIM": 96, "MODEL.DETR.NHEADS": 8})
     with pytest.raises(ValueError, match="HIDDEN_DIM"):
-        DetrMaskHead(cfg, {})
+        build_model(cfg)
 
 
 def _detr_reference_masks(model, state):
@@ -109,7 +110,7 @@ def _detr_reference_masks(model, state):
     x = torch.cat([expand(state["src_proj"], n), bbox_mask.flatten(0, 1)], 1)
     x = F.relu(conv.gn1(conv.lay1(x)))
     x = F.relu(conv.gn2(conv.lay2(x)))
-    fpns = [state["features"][f] for f in head.in_features]
+    fpns = [state["backbone"][f] for f in head.in_features]
     for fpn, adapter, lay, gn in zip(fpns, (conv.adapter1, conv.adapter2, conv.adapter3),
                                      (conv.lay3, conv.lay4, conv.lay5), (conv.gn3, conv.gn4, conv.gn5)):
         cur = adapter(fpn)
@@ -125,8 +126,8 @@ def mask_model_state():
     batch = [make_input(64, 96, 2), make_input(96, 64, 1, seed=1)]
     with torch.no_grad():
         images, mask = model.preprocess_image(batch)
-        _, state = model.detect(images, mask)
-    return model, state
+        _, features = model.detr(images.tensor, mask)
+    return model, features
 
 
 def test_mask_head_full_and_subset_equal_detr_batched(mask_model_state):
@@ -135,14 +136,14 @@ def test_mask_head_full_and_subset_equal_detr_batched(mask_model_state):
     b_all = torch.arange(bsz).repeat_interleave(n)
     q_all = torch.arange(n).repeat(bsz)
     with torch.no_grad():
-        full = model.predict_masks(state, b_all, q_all)
+        full = model.mask_head(state, b_all, q_all)
         ref = _detr_reference_masks(model, state)
         # subset, images interleaved and queries out of order
         b_sub = torch.tensor([1, 0, 1, 0, 0])
         q_sub = torch.tensor([7, 3, 0, 9, 1])
-        sub = model.predict_masks(state, b_sub, q_sub)
-        one = model.predict_masks(state, torch.tensor([1]), torch.tensor([4]))
-        none = model.predict_masks(state, torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+        sub = model.mask_head(state, b_sub, q_sub)
+        one = model.mask_head(state, torch.tensor([1]), torch.tensor([4]))
+        none = model.mask_head(state, torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
     assert full.shape == (bsz * n, 96 // 4, 96 // 4)
     torch.testing.assert_close(full.view(bsz, n, 24, 24), ref, atol=1e-5, rtol=1e-5)
     assert sub.shape == (5, 24, 24)
@@ -177,11 +178,11 @@ def test_train_matched_only_gives_same_losses_and_gradients():
 
 def test_inference_with_mask_head(tiny_mask_model):
     tiny_mask_model.eval()
-    tiny_mask_model.object_mask_threshold = 0.0  # keep every non-no-object query
+    tiny_mask_model.postprocessor.object_mask_threshold = 0.0  # keep every non-no-object query
     x = make_input(64, 96, 2, height=50, width=70)
     with torch.no_grad():
         (res,) = tiny_mask_model([x])
-        tiny_mask_model.masks_for_kept_only = False
+        tiny_mask_model.postprocessor.masks_for_kept_only = False
         (res_all,) = tiny_mask_model([x])
     inst = res["instances"]
     assert inst.image_size == (50, 70) and inst.pred_masks.shape == (len(inst), 50, 70)
@@ -194,12 +195,12 @@ def test_inference_with_mask_head(tiny_mask_model):
 
     # the fast path (masks only for the queries that reach an output) equals computing every mask,
     # here with a strict subset: class 2 is stuff (no instances) and only some queries pass the threshold
-    tiny_mask_model.is_thing[2] = False
+    tiny_mask_model.postprocessor.is_thing[2] = False
     scores = torch.tensor([s["score"] for s in info])
-    tiny_mask_model.object_mask_threshold = float(scores.median())
+    tiny_mask_model.postprocessor.object_mask_threshold = float(scores.median())
     outs = []
     for fast in (True, False):
-        tiny_mask_model.masks_for_kept_only = fast
+        tiny_mask_model.postprocessor.masks_for_kept_only = fast
         with torch.no_grad():
             outs.append(tiny_mask_model([x])[0])
     (seg_f, info_f), (seg_a, info_a) = outs[0]["panoptic_seg"], outs[1]["panoptic_seg"]
@@ -210,7 +211,7 @@ def test_inference_with_mask_head(tiny_mask_model):
 def test_inference_with_degenerate_predicted_boxes(tiny_mask_model):
     """detector_postprocess drops empty boxes; their masks must be dropped with them (no length mismatch)."""
     tiny_mask_model.eval()
-    last = tiny_mask_model.bbox_embed.layers[-1]
+    last = tiny_mask_model.detr.bbox_embed.layers[-1]
     with torch.no_grad():
         last.weight[2:] = 0
         last.bias[2:] = -30.0  # width and height ~1e-13: empty after scaling to pixels
@@ -233,12 +234,12 @@ def test_stage2_loads_freezes_and_trains_mask_head_only(stage1_checkpoint):
     s1 = stage1.state_dict()
     own = model.state_dict()
     det_keys = [k for k in own if not k.startswith("mask_head.")]
+    assert all(k.startswith("detr.") for k in det_keys)
     assert set(det_keys) == set(s1)
     assert all(torch.equal(own[k], s1[k]) for k in det_keys)
 
     model.train()
-    for m in model.detection_modules():
-        assert all(not sub.training for sub in m.modules())
+    assert all(not sub.training for sub in model.detr.modules())
     assert model.mask_head.training
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith("mask_head.") for n in trainable)
@@ -263,8 +264,8 @@ def test_stage2_loads_freezes_and_trains_mask_head_only(stage1_checkpoint):
     # frozen detection part in eval mode: no dropout, the detection outputs are deterministic in train mode
     with torch.no_grad():
         images, mask = model.preprocess_image(batch)
-        o1, _ = model.detect(images, mask)
-        o2, _ = model.detect(images, mask)
+        o1, _ = model.detr(images.tensor, mask)
+        o2, _ = model.detr(images.tensor, mask)
     assert torch.equal(o1["pred_logits"], o2["pred_logits"])
 
 
@@ -277,13 +278,13 @@ def test_stage2_missing_file(tmp_path):
 def test_stage2_mismatched_checkpoint(tmp_path):
     state = build_tiny_model(seed=0).state_dict()
     missing = dict(state)
-    del missing["class_embed.bias"]
+    del missing["detr.class_embed.bias"]
     torch.save({"model": missing}, tmp_path / "missing.pth")
     with pytest.raises(ValueError, match="class_embed.bias"):
         build_tiny_model(mask_head=True, **{"MODEL.DETR.FROZEN_WEIGHTS": str(tmp_path / "missing.pth")})
 
     extra = dict(state)
-    extra["transformer.bogus"] = torch.zeros(1)
+    extra["detr.transformer.bogus"] = torch.zeros(1)
     torch.save({"model": extra}, tmp_path / "extra.pth")
     with pytest.raises(ValueError, match="transformer.bogus"):
         build_tiny_model(mask_head=True, **{"MODEL.DETR.FROZEN_WEIGHTS": str(tmp_path / "extra.pth")})

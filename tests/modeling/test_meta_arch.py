@@ -17,9 +17,9 @@ AUX_KEYS = {f"{k}_{i}" for k in STAGE1_KEYS for i in range(DEC_LAYERS - 1)}
 def test_build_through_detectron2_registry():
     model = build_model(tiny_cfg())
     assert isinstance(model, DetrPanoptic)
-    assert model.mask_head is None and not model.panoptic_on
-    assert model.query_embed.weight.shape == (NUM_QUERIES, 128)
-    assert model.class_embed.out_features == NUM_CLASSES + 1
+    assert model.mask_head is None and not model.postprocessor.panoptic_on
+    assert model.detr.query_embed.weight.shape == (NUM_QUERIES, 128)
+    assert model.detr.class_embed.out_features == NUM_CLASSES + 1
 
 
 def test_train_step_losses_metrics_and_gradients(tiny_model):
@@ -38,7 +38,7 @@ def test_train_step_losses_metrics_and_gradients(tiny_model):
     assert not missing, missing
     assert all(torch.isfinite(p.grad).all() for _, p in trainable)
     # FREEZE_AT=2 (default): stem and res2 are frozen and get no gradient
-    assert all(p.grad is None for n, p in tiny_model.named_parameters() if n.startswith("backbone.stem."))
+    assert all(p.grad is None for n, p in tiny_model.named_parameters() if n.startswith("detr.backbone.stem."))
 
 
 def test_train_outside_event_storage(tiny_model):
@@ -60,7 +60,7 @@ def test_image_without_annotations_trains(tiny_model):
     assert all(torch.isfinite(v) for v in losses.values())
     assert losses["loss_bbox"].item() == 0 and losses["loss_giou"].item() == 0
     sum(losses.values()).backward()
-    assert tiny_model.class_embed.weight.grad is not None
+    assert tiny_model.detr.class_embed.weight.grad is not None
 
 
 def test_missing_instances_raises(tiny_model):
@@ -73,7 +73,7 @@ def test_missing_instances_raises(tiny_model):
 def _expected_boxes(model, x, out_h, out_w):
     """Boxes straight from the heads, mapped to the output size by hand."""
     images, mask = model.preprocess_image([x])
-    outputs, _ = model.detect(images, mask)
+    outputs, _ = model.detr(images.tensor, mask)
     boxes = cxcywh_to_xyxy(outputs["pred_boxes"][0]) * torch.tensor([out_w, out_h, out_w, out_h])
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, out_w)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, out_h)
@@ -119,7 +119,7 @@ def test_deterministic_for_fixed_seed():
         i1, i2 = m1([x])[0]["instances"], m2([x])[0]["instances"]
     assert torch.equal(i1.pred_boxes.tensor, i2.pred_boxes.tensor) and torch.equal(i1.scores, i2.scores)
     m3 = build_tiny_model(seed=8)
-    assert not torch.equal(m3.query_embed.weight, m1.query_embed.weight)
+    assert not torch.equal(m3.detr.query_embed.weight, m1.detr.query_embed.weight)
 
 
 def test_batch_of_different_sizes_and_padding_mask(tiny_model):
@@ -188,13 +188,26 @@ def _register_metadata(name, things, stuff):
     )
 
 
-def test_thing_stuff_split_from_metadata_registered_after_build():
-    cfg = tiny_cfg(mask_head=True, **{"DATASETS.TEST": ("late_registered_set_for_test",)})
+def test_thing_stuff_split_read_once_when_the_model_is_built():
+    _register_metadata("registered_before_build_set_for_test", things=[0, 1], stuff=[2, 3, 4])
+    cfg = tiny_cfg(mask_head=True, **{"DATASETS.TEST": ("registered_before_build_set_for_test",)})
     model = build_model(cfg).eval()
-    assert model.is_thing.all()  # nothing known yet
-    _register_metadata("late_registered_set_for_test", things=[0, 1], stuff=[2, 3, 4])
+    assert model.postprocessor.is_thing.tolist() == [True, True, False, False, False]
+    # read once: later changes to the catalog do not reach a built model
+    from detectron2.data import MetadataCatalog
+
+    MetadataCatalog.remove("registered_before_build_set_for_test")
+    _register_metadata("registered_before_build_set_for_test", things=[0], stuff=[1, 2, 3, 4])
     model([make_input(64, 64, 0)])
-    assert model.is_thing.tolist() == [True, True, False, False, False]
+    assert model.postprocessor.is_thing.tolist() == [True, True, False, False, False]
+
+
+def test_without_metadata_every_class_is_a_thing(caplog):
+    cfg = tiny_cfg(mask_head=True, **{"DATASETS.TEST": ("never_registered_set_for_test",)})
+    with caplog.at_level("WARNING"):
+        model = build_model(cfg)
+    assert model.postprocessor.is_thing.all()
+    assert "never_registered_set_for_test" in caplog.text
 
 
 def test_metadata_with_more_classes_than_the_model_is_rejected():

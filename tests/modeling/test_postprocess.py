@@ -290,10 +290,11 @@ def test_model_panoptic_output_with_patched_heads(monkeypatch, mode):
     """Crafted logits and mask logits through DetrPanoptic.inference: only kept queries reach the mask head,
     and the panoptic output is the configured merge of the upsampled, cropped masks at the requested size."""
     model = build_tiny_model(mask_head=True, **{"MODEL.DETR.TEST.PANOPTIC_MERGE": mode}).eval()
-    model.is_thing = IS_THING.clone()[:4].new_ones(5)
-    model.is_thing[2:4] = False
-    model.object_mask_threshold = 0.5
-    real_detect = model.detect
+    post = model.postprocessor
+    post.is_thing = IS_THING.clone()[:4].new_ones(5)
+    post.is_thing[2:4] = False
+    post.object_mask_threshold = 0.5
+    real_detr = model.detr.forward
     logits = torch.full((1, NUM_QUERIES, 6), -10.0)
     chosen = {1: 0, 4: 2, 6: 2, 8: 3}  # query → class; others no-object
     for qi in range(NUM_QUERIES):
@@ -301,30 +302,30 @@ def test_model_panoptic_output_with_patched_heads(monkeypatch, mode):
         logits[0, qi, 3] = max(logits[0, qi, 3].item(), -5.0)  # best real class of no-object queries: stuff
     requested = []
 
-    def detect(images, mask):
-        out, state = real_detect(images, mask)
+    def detr(images, mask):
+        out, features = real_detr(images, mask)
         out["pred_logits"] = logits
-        return out, state
+        return out, features
 
-    def predict_masks(state, b, q):
+    def mask_head(features, b, q):
         requested.append(q.tolist())
-        h4, w4 = state["features"]["res2"].shape[-2:]
+        h4, w4 = features["backbone"]["res2"].shape[-2:]
         m = torch.full((len(q), h4, w4), -3.0)
         for row, qi in enumerate(q.tolist()):
             m[row, :, (qi * 3) % w4:(qi * 3) % w4 + 6] = float(qi)
         return m
 
-    monkeypatch.setattr(model, "detect", detect)
-    monkeypatch.setattr(model, "predict_masks", predict_masks)
+    monkeypatch.setattr(model.detr, "forward", detr)
+    monkeypatch.setattr(model.mask_head, "forward", mask_head)
     x = make_input(64, 96, 0, height=40, width=60)
     with torch.no_grad():
         (res,) = model([x])
     assert requested == [[1, 4, 6, 8]]  # kept queries (and thing queries for instances: 1 only)
     kept_q = torch.tensor([1, 4, 6, 8])
-    masks = predict_masks({"features": {"res2": torch.zeros(1, 1, 16, 24)}}, None, kept_q)
+    masks = mask_head({"backbone": {"res2": torch.zeros(1, 1, 16, 24)}}, None, kept_q)
     up = upsample_masks(masks, (64, 96), (64, 96))
     probs = logits[0].softmax(-1)
-    args = (up, torch.tensor([0, 2, 2, 3]), probs[kept_q].max(-1).values, model.is_thing, (40, 60), 4)
+    args = (up, torch.tensor([0, 2, 2, 3]), probs[kept_q].max(-1).values, post.is_thing, (40, 60), 4)
     exp_pan, exp_info = panoptic_merge(*args, "first") if mode == "detr" else maskformer_merge(*args, 0.8)
     pan, info = res["panoptic_seg"]
     assert torch.equal(pan, exp_pan) and info == exp_info

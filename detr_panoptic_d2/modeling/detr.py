@@ -1,0 +1,92 @@
+"""The DETR detector body: backbone, input projection, sine positional encoding, transformer, object queries,
+class and box heads. ``DetrPanoptic`` wraps it with the mask head, as the original ``DETRsegm`` wraps ``DETR``."""
+
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.modeling import build_backbone
+from torch import nn
+
+from .backbone import downsample_padding_mask
+from .position_encoding import PositionEmbeddingSine
+from .transformer import Transformer
+
+
+class MLP(nn.Module):
+    """Feed-forward network with ReLU between layers (DETR's box head)."""
+
+    def __init__(self, input_dim, hidden_dim, output_dim, num_layers):
+        super().__init__()
+        h = [hidden_dim] * (num_layers - 1)
+        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip([input_dim] + h, h + [output_dim]))
+
+    def forward(self, x):
+        for i, layer in enumerate(self.layers):
+            x = F.relu(layer(x)) if i < len(self.layers) - 1 else layer(x)
+        return x
+
+
+class DETR(nn.Module):
+    """Backbone + transformer + heads: N object queries → class logits and normalized cxcywh boxes.
+
+    ``forward(images, padding_mask)`` returns ``(outputs, features)``:
+
+    * ``outputs``: ``pred_logits`` (B, N, K+1) and ``pred_boxes`` (B, N, 4) of the last decoder layer, and
+      ``aux_outputs`` (one such dict per earlier decoder layer) when ``aux_loss``;
+    * ``features``: what a mask head reads: ``box_embed`` (B, N, C) (last decoder layer), ``memory``
+      (B, C, h, w) (encoded image), ``memory_mask`` (B, h, w) (True on padding), ``src_proj`` (B, C, h, w)
+      (projected backbone feature) and ``backbone`` (the backbone's feature dict, res2..res5).
+    """
+
+    @configurable
+    def __init__(self, *, backbone, transformer, num_classes, num_queries, in_feature="res5", aux_loss=True):
+        super().__init__()
+        self.backbone = backbone
+        self.in_feature = in_feature
+        hidden_dim = transformer.d_model
+        self.input_proj = nn.Conv2d(backbone.output_shape()[in_feature].channels, hidden_dim, kernel_size=1)
+        self.position_embedding = PositionEmbeddingSine(hidden_dim // 2, normalize=True)
+        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        self.transformer = transformer
+        self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
+        self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
+        self.num_classes = num_classes
+        self.num_queries = num_queries
+        self.aux_loss = aux_loss
+
+    @classmethod
+    def from_config(cls, cfg):
+        d = cfg.MODEL.DETR
+        backbone = build_backbone(cfg)
+        if d.IN_FEATURE not in backbone.output_shape():
+            raise ValueError(
+                f"MODEL.DETR.IN_FEATURE={d.IN_FEATURE!r} is not a backbone output "
+                f"(MODEL.RESNETS.OUT_FEATURES gives {sorted(backbone.output_shape())})"
+            )
+        transformer = Transformer(
+            d_model=d.HIDDEN_DIM, nhead=d.NHEADS, num_encoder_layers=d.ENC_LAYERS,
+            num_decoder_layers=d.DEC_LAYERS, dim_feedforward=d.DIM_FEEDFORWARD, dropout=d.DROPOUT,
+            normalize_before=d.PRE_NORM,
+        )
+        return {
+            "backbone": backbone, "transformer": transformer, "num_classes": d.NUM_CLASSES,
+            "num_queries": d.NUM_OBJECT_QUERIES, "in_feature": d.IN_FEATURE, "aux_loss": d.DEEP_SUPERVISION,
+        }
+
+    def forward(self, images, padding_mask):
+        """images: (B, 3, H, W) normalized and padded; padding_mask: (B, H, W) bool, True on padding."""
+        features = self.backbone(images)
+        src = features[self.in_feature]
+        mask = downsample_padding_mask(padding_mask, src.shape[-2:])
+        pos = self.position_embedding(mask).to(src.dtype)
+        src_proj = self.input_proj(src)
+        hs, memory = self.transformer(src_proj, mask, self.query_embed.weight, pos)  # (L, B, N, C), (B, C, h, w)
+        outputs_class = self.class_embed(hs)
+        outputs_coord = self.bbox_embed(hs).sigmoid()
+        outputs = {"pred_logits": outputs_class[-1], "pred_boxes": outputs_coord[-1]}
+        if self.aux_loss:
+            outputs["aux_outputs"] = [
+                {"pred_logits": a, "pred_boxes": b} for a, b in zip(outputs_class[:-1], outputs_coord[:-1])
+            ]
+        return outputs, {
+            "box_embed": hs[-1], "memory": memory, "memory_mask": mask, "src_proj": src_proj, "backbone": features,
+        }
