@@ -19,6 +19,7 @@ import sys
 
 import torch
 from common import build_cfg, build_eval_model, fake_image, force_kept_queries, machine_line, peak_rss_gb, timed
+from reference import reference_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -30,16 +31,15 @@ def measure(impl, size, kept, device, amp, repeat, reference_repo=None):
     image = fake_image(h, w, device)
     if impl == "plugin":
         model = build_eval_model(cfg)
-        force_kept_queries(model.class_embed, kept, class_id=0)  # contiguous 0 = COCO id 1 (person)
+        force_kept_queries(model.detr.class_embed, kept, class_id=0)  # contiguous 0 = COCO id 1 (person)
         inputs = [{"image": image, "height": h, "width": w}]
         forward = lambda: model(inputs)  # noqa: E731
     else:
         from reference import OriginalDetrPanoptic
 
-        model = OriginalDetrPanoptic(reference_repo, cfg, device=device)
+        model = OriginalDetrPanoptic(cfg, device=device)
         force_kept_queries(model.class_embed, kept, class_id=1)
         forward = lambda: model(image)  # noqa: E731
-    sync = torch.cuda.synchronize if device.startswith("cuda") else None
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -50,7 +50,7 @@ def measure(impl, size, kept, device, amp, repeat, reference_repo=None):
             return forward()
 
     run()
-    t, _ = timed(run, repeat=repeat, sync=sync)
+    t, _ = timed(run, repeat=repeat)
     res = {"latency_s": t, "peak_rss_gb": peak_rss_gb(), "rss_before_gb": rss_before}
     if device.startswith("cuda"):
         res["cuda_peak_gb"] = torch.cuda.max_memory_allocated() / 1024**3
@@ -63,7 +63,8 @@ def run_child(impl, size, amp, args):
            "--repeat", str(args.repeat)]
     if args.reference_repo:
         cmd += ["--reference-repo", args.reference_repo]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(HERE))
+    env = reference_env(args.reference_repo) if impl == "original" else None
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(HERE), env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
         raise RuntimeError(f"measurement {impl} {size} {amp} failed:\n{proc.stderr[-3000:]}")

@@ -31,7 +31,6 @@ def main():
     h, w = args.size
     hm, wm = (h + 31) // 32 * 8, (w + 31) // 32 * 8  # stride-4 mask size of the padded canvas
     is_thing = torch.arange(args.num_classes, device=args.device) < 80
-    sync = torch.cuda.synchronize if args.device.startswith("cuda") else None
     print(machine_line(args.device))
     model = build_eval_model(build_cfg(device=args.device)) if args.with_model else None
     header = f"{'kept':>5} | {'upsample ms':>11} | {'merge ms':>8} | {'total ms':>8} | {'maskformer merge ms':>19}"
@@ -42,19 +41,19 @@ def main():
         classes = torch.randint(0, args.num_classes, (k,), generator=g).to(args.device)
         scores = torch.rand(k, generator=g).to(args.device)
         with torch.inference_mode():
-            t_up, _ = timed(lambda: upsample_masks(logits, (hm * 4, wm * 4), (h, w)), sync=sync)
+            t_up, _ = timed(lambda: upsample_masks(logits, (hm * 4, wm * 4), (h, w)))
             up = upsample_masks(logits, (hm * 4, wm * 4), (h, w))
-            t_merge, _ = timed(lambda: panoptic_merge(up, classes, scores, is_thing, (h, w)), sync=sync)
-            t_mf, _ = timed(lambda: maskformer_merge(up, classes, scores, is_thing, (h, w)), sync=sync)
+            t_merge, _ = timed(lambda: panoptic_merge(up, classes, scores, is_thing, (h, w)))
+            t_mf, _ = timed(lambda: maskformer_merge(up, classes, scores, is_thing, (h, w)))
         row = (f"{k:>5} | {t_up * 1e3:>11.1f} | {t_merge * 1e3:>8.1f} | {(t_up + t_merge) * 1e3:>8.1f} | "
                f"{t_mf * 1e3:>19.1f}")
         if model is not None:
-            t_model = model_time(model, h, w, k, args.device, sync)
+            t_model = model_time(model, h, w, k, args.device)
             row += f" | {t_model * 1e3:>8.0f} | {100 * (t_up + t_merge) / t_model:>5.1f}%"
         print(row, flush=True)
 
 
-def model_time(model, h, w, kept, device, sync):
+def model_time(model, h, w, kept, device):
     """Backbone + transformer + heads + mask head for ``kept`` queries: the model's share of inference."""
     inputs = [{"image": fake_image(h, w, device)}]
     q = torch.arange(kept, device=device)
@@ -62,10 +61,10 @@ def model_time(model, h, w, kept, device, sync):
     def run():
         with torch.inference_mode():
             images, mask = model.preprocess_image(inputs)
-            _, state = model.detect(images, mask)
-            model.predict_masks(state, torch.zeros_like(q), q)
+            _, features = model.detr(images.tensor, mask)
+            model.mask_head(features, torch.zeros_like(q), q)
 
-    t, _ = timed(run, warmup=1, repeat=5, sync=sync)
+    t, _ = timed(run, warmup=1, repeat=5)
     return t
 
 

@@ -11,10 +11,13 @@ With --reference-repo (a local checkout of the original DETR), its stage-2 step 
 """
 import argparse
 import os
+import subprocess
+import sys
 import tempfile
 
 import torch
 from common import build_cfg, machine_line, timed
+from reference import reference_env
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
@@ -45,7 +48,6 @@ def step_time(cfg, batch, amp, repeat, device):
     model = build_model(cfg).train()
     opt = build_detr_optimizer(cfg, model)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else None
 
     def step():
         with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None):
@@ -55,7 +57,7 @@ def step_time(cfg, batch, amp, repeat, device):
         opt.step()
 
     with EventStorage():
-        t, _ = timed(step, warmup=1, repeat=repeat, sync=sync)
+        t, _ = timed(step, warmup=1, repeat=repeat)
     return t, model
 
 
@@ -69,8 +71,11 @@ def main():
     p.add_argument("--amp", nargs="+", default=["none"], choices=["none", "bf16", "fp16"])
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--reference-repo", default=None)
+    p.add_argument("--child-original", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.child_original:
+        return child_original(args)
     h, w = args.size
     print(machine_line(args.device))
     print(f"R-50, batch {args.batch}, {h}x{w}, {args.targets} targets/image, {args.threads} threads")
@@ -93,21 +98,37 @@ def main():
             if matched:
                 t_plugin = t2
         if args.reference_repo:
-            from reference import OriginalDetrStage2Step
-
-            ref = OriginalDetrStage2Step(args.reference_repo, cfg1, args.device)
-            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-
-            def ref_step():
-                with torch.autocast(args.device.split(":")[0], dtype=dtype, enabled=dtype is not None):
-                    ref(batch)
-
-            sync = torch.cuda.synchronize if args.device.startswith("cuda") else None
-            t_ref, _ = timed(ref_step, warmup=1, repeat=args.repeat, sync=sync)
-            del ref
+            t_ref = original_step_time(args, amp)
             print(f"{'original stage 2':>28} | {amp:>4} | {t_ref:>7.3f} | {args.batch / t_ref:>8.2f}")
             print(f"stage-2 step ratio plugin / original: {t_plugin / t_ref:.2f}")
 
+
+def original_step_time(args, amp):
+    """The original's stage-2 step on the same batch, timed in a child process that imports it."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--child-original", "--amp", amp, "--batch", str(args.batch),
+           "--size", *map(str, args.size), "--targets", str(args.targets), "--threads", str(args.threads),
+           "--device", args.device, "--repeat", str(args.repeat)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=reference_env(args.reference_repo))
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        raise RuntimeError(f"original stage-2 step failed:\n{proc.stderr[-3000:]}")
+    return float(lines[-1].split()[1])
+
+
+def child_original(args):
+    from reference import OriginalDetrStage2Step
+
+    cfg = build_cfg(opts=["MODEL.MASK_HEAD.NAME", ""], device=args.device)
+    batch = make_batch(args.batch, *args.size, args.targets, cfg.MODEL.DETR.NUM_CLASSES, args.device)
+    ref = OriginalDetrStage2Step(cfg, args.device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp[0])
+
+    def ref_step():
+        with torch.autocast(args.device.split(":")[0], dtype=dtype, enabled=dtype is not None):
+            ref(batch)
+
+    t, _ = timed(ref_step, warmup=1, repeat=args.repeat)
+    print(f"RESULT {t}")
 
 if __name__ == "__main__":
     main()

@@ -3,9 +3,9 @@ import os
 import platform
 import resource
 import statistics
-import time
 
 import torch
+import torch.utils.benchmark as benchmark
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
@@ -46,19 +46,13 @@ def force_kept_queries(class_embed, num_kept, class_id=0):
     return class_embed.register_forward_hook(hook)
 
 
-def timed(fn, warmup=2, repeat=5, sync=None):
-    """Median and all wall-clock seconds of ``fn()`` over ``repeat`` runs after ``warmup`` runs."""
+def timed(fn, warmup=2, repeat=5):
+    """Median and all wall-clock seconds of ``fn()`` over ``repeat`` runs after ``warmup`` runs, each run timed
+    by ``torch.utils.benchmark.Timer`` (which synchronizes CUDA)."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeat):
-        if sync:
-            sync()
-        t = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        times.append(time.perf_counter() - t)
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn})
+    times = [timer.timeit(number=1).median for _ in range(repeat)]
     return statistics.median(times), times
 
 
