@@ -5,15 +5,19 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUTPUT ?= output/toy
 
-.PHONY: env main test test-fast
+.PHONY: env main test test-fast lint
 env:
 	bash scripts/bootstrap.sh
 
 main: env
 	bash scripts/main_job.sh $(OUTPUT)
 
-test: env
+test: env lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-fast: env
+test-fast: env lint
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: env   # formatter and import order, as configured in pyproject.toml
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .

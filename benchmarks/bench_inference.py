@@ -11,6 +11,7 @@ process per size (CPU: peak resident set size of the process; CUDA: torch.cuda.m
 With --reference-repo, the original DETR implementation (a local checkout, not shipped here) runs on the
 same weights and input, and the ratio plugin / original is printed.
 """
+
 import argparse
 import json
 import os
@@ -18,7 +19,15 @@ import subprocess
 import sys
 
 import torch
-from common import build_cfg, build_eval_model, fake_image, force_kept_queries, machine_line, peak_rss_gb, timed
+from common import (
+    build_cfg,
+    build_eval_model,
+    fake_image,
+    force_kept_queries,
+    machine_line,
+    peak_rss_gb,
+    timed,
+)
 from reference import reference_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -31,7 +40,9 @@ def measure(impl, size, kept, device, amp, repeat, reference_repo=None):
     image = fake_image(h, w, device)
     if impl == "plugin":
         model = build_eval_model(cfg)
-        force_kept_queries(model.detr.class_embed, kept, class_id=0)  # contiguous 0 = COCO id 1 (person)
+        force_kept_queries(
+            model.detr.class_embed, kept, class_id=0
+        )  # contiguous 0 = COCO id 1 (person)
         inputs = [{"image": image, "height": h, "width": w}]
         forward = lambda: model(inputs)  # noqa: E731
     else:
@@ -46,7 +57,10 @@ def measure(impl, size, kept, device, amp, repeat, reference_repo=None):
     rss_before = peak_rss_gb()
 
     def run():
-        with torch.inference_mode(), torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None):
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None),
+        ):
             return forward()
 
     run()
@@ -58,9 +72,20 @@ def measure(impl, size, kept, device, amp, repeat, reference_repo=None):
 
 
 def run_child(impl, size, amp, args):
-    cmd = [sys.executable, os.path.join(HERE, "bench_inference.py"), "--child", f"{impl},{size},{amp}",
-           "--kept", str(args.kept), "--threads", str(args.threads), "--device", args.device,
-           "--repeat", str(args.repeat)]
+    cmd = [
+        sys.executable,
+        os.path.join(HERE, "bench_inference.py"),
+        "--child",
+        f"{impl},{size},{amp}",
+        "--kept",
+        str(args.kept),
+        "--threads",
+        str(args.threads),
+        "--device",
+        args.device,
+        "--repeat",
+        str(args.repeat),
+    ]
     if args.reference_repo:
         cmd += ["--reference-repo", args.reference_repo]
     env = reference_env(args.reference_repo) if impl == "original" else None
@@ -88,12 +113,18 @@ def main():
     if args.child:  # one measurement in this fresh process, printed as JSON
         impl, size, amp = args.child.split(",")
         h, w = map(int, size.split("x"))
-        print("RESULT " + json.dumps(measure(impl, (h, w), args.kept, args.device, amp, args.repeat,
-                                             args.reference_repo)))
+        print(
+            "RESULT "
+            + json.dumps(
+                measure(impl, (h, w), args.kept, args.device, amp, args.repeat, args.reference_repo)
+            )
+        )
         return
     print(machine_line(args.device))
-    print(f"R-50 panoptic, batch 1, {args.kept} kept queries, {args.threads} threads; memory = "
-          + ("CUDA max allocated" if args.device.startswith("cuda") else "peak RSS of the process"))
+    print(
+        f"R-50 panoptic, batch 1, {args.kept} kept queries, {args.threads} threads; memory = "
+        + ("CUDA max allocated" if args.device.startswith("cuda") else "peak RSS of the process")
+    )
     header = f"{'size':>9} | {'amp':>4} | {'latency s':>9} | {'images/s':>8} | {'peak mem GB':>11}"
     if args.reference_repo:
         header += f" | {'original s':>10} | {'orig. mem GB':>12} | {'latency ratio':>13} | {'mem ratio':>9}"
@@ -104,8 +135,10 @@ def main():
             row = f"{size:>9} | {amp:>4} | {r['latency_s']:>9.3f} | {1 / r['latency_s']:>8.2f} | {r['mem_gb']:>11.2f}"
             if args.reference_repo:
                 o = run_child("original", size, amp, args)
-                row += (f" | {o['latency_s']:>10.3f} | {o['mem_gb']:>12.2f} | {r['latency_s'] / o['latency_s']:>13.2f}"
-                        f" | {r['mem_gb'] / o['mem_gb']:>9.2f}")
+                row += (
+                    f" | {o['latency_s']:>10.3f} | {o['mem_gb']:>12.2f} | {r['latency_s'] / o['latency_s']:>13.2f}"
+                    f" | {r['mem_gb'] / o['mem_gb']:>9.2f}"
+                )
             print(row, flush=True)
 
 

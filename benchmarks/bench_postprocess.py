@@ -10,6 +10,7 @@ Random mask logits (the worst case: many small fragments for the small-segment f
 the R-50 model's own time for the same number of queries (backbone, transformer and mask head, the rest of
 inference) is measured too, and post-processing is printed as a share of it.
 """
+
 import argparse
 
 import torch
@@ -45,8 +46,10 @@ def main():
             up = upsample_masks(logits, (hm * 4, wm * 4), (h, w))
             t_merge, _ = timed(lambda: panoptic_merge(up, classes, scores, is_thing, (h, w)))
             t_mf, _ = timed(lambda: maskformer_merge(up, classes, scores, is_thing, (h, w)))
-        row = (f"{k:>5} | {t_up * 1e3:>11.1f} | {t_merge * 1e3:>8.1f} | {(t_up + t_merge) * 1e3:>8.1f} | "
-               f"{t_mf * 1e3:>19.1f}")
+        row = (
+            f"{k:>5} | {t_up * 1e3:>11.1f} | {t_merge * 1e3:>8.1f} | {(t_up + t_merge) * 1e3:>8.1f} | "
+            f"{t_mf * 1e3:>19.1f}"
+        )
         if model is not None:
             t_model = model_time(model, h, w, k, args.device)
             row += f" | {t_model * 1e3:>8.0f} | {100 * (t_up + t_merge) / t_model:>5.1f}%"

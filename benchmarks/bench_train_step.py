@@ -9,6 +9,7 @@ checkpoint as MODEL.DETR.FROZEN_WEIGHTS, so only the mask head trains; "all quer
 every query (as the original DETR does) instead of the matched ones only (MODEL.MASK_HEAD.TRAIN_MATCHED_ONLY).
 With --reference-repo (a local checkout of the original DETR), its stage-2 step runs on the same batch.
 """
+
 import argparse
 import os
 import subprocess
@@ -17,10 +18,10 @@ import tempfile
 
 import torch
 from common import build_cfg, machine_line, timed
-from reference import reference_env
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
+from reference import reference_env
 from torchvision.ops import masks_to_boxes
 
 from detr_panoptic_d2.engine import build_detr_optimizer
@@ -32,7 +33,10 @@ def make_batch(batch, h, w, num_targets, num_classes, device, seed=0):
     for _ in range(batch):
         masks = torch.zeros(num_targets, h, w, dtype=torch.bool)
         for i in range(num_targets):
-            y0, x0 = int(torch.randint(0, h // 2, (1,), generator=g)), int(torch.randint(0, w // 2, (1,), generator=g))
+            y0, x0 = (
+                int(torch.randint(0, h // 2, (1,), generator=g)),
+                int(torch.randint(0, w // 2, (1,), generator=g)),
+            )
             masks[i, y0 : y0 + h // 3, x0 : x0 + w // 3] = True
         inst = Instances((h, w))
         inst.gt_masks = BitMasks(masks)
@@ -78,7 +82,9 @@ def main():
         return child_original(args)
     h, w = args.size
     print(machine_line(args.device))
-    print(f"R-50, batch {args.batch}, {h}x{w}, {args.targets} targets/image, {args.threads} threads")
+    print(
+        f"R-50, batch {args.batch}, {h}x{w}, {args.targets} targets/image, {args.threads} threads"
+    )
     print(f"{'stage':>28} | {'amp':>4} | {'step s':>7} | {'images/s':>8}")
     tmp = tempfile.mkdtemp()
     for amp in args.amp:
@@ -90,8 +96,15 @@ def main():
         torch.save({"model": model1.state_dict()}, ckpt)
         del model1
         for matched in (True, False):
-            cfg2 = build_cfg(opts=["MODEL.DETR.FROZEN_WEIGHTS", ckpt, "MODEL.MASK_HEAD.TRAIN_MATCHED_ONLY", matched],
-                             device=args.device)
+            cfg2 = build_cfg(
+                opts=[
+                    "MODEL.DETR.FROZEN_WEIGHTS",
+                    ckpt,
+                    "MODEL.MASK_HEAD.TRAIN_MATCHED_ONLY",
+                    matched,
+                ],
+                device=args.device,
+            )
             t2, _ = step_time(cfg2, batch, amp, args.repeat, args.device)
             name = "stage 2 (matched queries)" if matched else "stage 2 (all queries)"
             print(f"{name:>28} | {amp:>4} | {t2:>7.3f} | {args.batch / t2:>8.2f}", flush=True)
@@ -99,16 +112,36 @@ def main():
                 t_plugin = t2
         if args.reference_repo:
             t_ref = original_step_time(args, amp)
-            print(f"{'original stage 2':>28} | {amp:>4} | {t_ref:>7.3f} | {args.batch / t_ref:>8.2f}")
+            print(
+                f"{'original stage 2':>28} | {amp:>4} | {t_ref:>7.3f} | {args.batch / t_ref:>8.2f}"
+            )
             print(f"stage-2 step ratio plugin / original: {t_plugin / t_ref:.2f}")
 
 
 def original_step_time(args, amp):
     """The original's stage-2 step on the same batch, timed in a child process that imports it."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--child-original", "--amp", amp, "--batch", str(args.batch),
-           "--size", *map(str, args.size), "--targets", str(args.targets), "--threads", str(args.threads),
-           "--device", args.device, "--repeat", str(args.repeat)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=reference_env(args.reference_repo))
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child-original",
+        "--amp",
+        amp,
+        "--batch",
+        str(args.batch),
+        "--size",
+        *map(str, args.size),
+        "--targets",
+        str(args.targets),
+        "--threads",
+        str(args.threads),
+        "--device",
+        args.device,
+        "--repeat",
+        str(args.repeat),
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env=reference_env(args.reference_repo)
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
         raise RuntimeError(f"original stage-2 step failed:\n{proc.stderr[-3000:]}")
@@ -119,7 +152,9 @@ def child_original(args):
     from reference import OriginalDetrStage2Step
 
     cfg = build_cfg(opts=["MODEL.MASK_HEAD.NAME", ""], device=args.device)
-    batch = make_batch(args.batch, *args.size, args.targets, cfg.MODEL.DETR.NUM_CLASSES, args.device)
+    batch = make_batch(
+        args.batch, *args.size, args.targets, cfg.MODEL.DETR.NUM_CLASSES, args.device
+    )
     ref = OriginalDetrStage2Step(cfg, args.device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp[0])
 
@@ -129,6 +164,7 @@ def child_original(args):
 
     t, _ = timed(ref_step, warmup=1, repeat=args.repeat)
     print(f"RESULT {t}")
+
 
 if __name__ == "__main__":
     main()

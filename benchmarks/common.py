@@ -1,4 +1,5 @@
 """Shared pieces of the benchmarks: model construction, controlled number of kept queries, timing, memory."""
+
 import os
 import platform
 import resource
@@ -64,8 +65,10 @@ def peak_rss_gb():
 def machine_line(device="cpu"):
     if device.startswith("cuda") and torch.cuda.is_available():
         return f"device: {torch.cuda.get_device_name()} | torch {torch.__version__}"
-    return (f"device: CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads | "
-            f"torch {torch.__version__}")
+    return (
+        f"device: CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads | "
+        f"torch {torch.__version__}"
+    )
 
 
 def fake_image(h, w, device="cpu", seed=0):

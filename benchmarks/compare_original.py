@@ -49,18 +49,27 @@ def randomize_(model, seed=1):
                 t.copy_(torch.randn(t.shape, generator=g) * 0.05)
             elif name.endswith("weight") and ("norm" in name or ".gn" in name):
                 t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-        lay1 = model.mask_head.lay1.weight  # input: [projected features (hidden_dim) | attention maps (M)]
-        lay1[:, model.detr.transformer.d_model:] *= 1e5
+        lay1 = (
+            model.mask_head.lay1.weight
+        )  # input: [projected features (hidden_dim) | attention maps (M)]
+        lay1[:, model.detr.transformer.d_model :] *= 1e5
         model.bbox_attention.q_linear.weight *= 10  # more peaked, query-specific attention maps
-        for adapter in (model.mask_head.adapter1, model.mask_head.adapter2, model.mask_head.adapter3):
-            adapter.weight *= 1e-3  # the backbone's random activations would swamp the query-specific part
+        for adapter in (
+            model.mask_head.adapter1,
+            model.mask_head.adapter2,
+            model.mask_head.adapter3,
+        ):
+            adapter.weight *= (
+                1e-3  # the backbone's random activations would swamp the query-specific part
+            )
+
 
 def force_classes(class_embed, rows):
     """Forward hook: query i < len(rows) predicts class row rows[i] with probability ~1, the rest no-object."""
 
     def hook(module, inputs, output):
         out = torch.full_like(output, -10.0)
-        out[..., len(rows):, -1] = 10.0
+        out[..., len(rows) :, -1] = 10.0
         for i, r in enumerate(rows):
             out[..., i, r] = 10.0
         return out + 0.0 * output
@@ -74,7 +83,9 @@ def test_image(h, w, seed=0):
 
     g = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w]
-    img = np.stack([128 + 100 * np.sin(xx / (17 + 13 * c) + yy / (23 + 7 * c)) for c in range(3)], -1)
+    img = np.stack(
+        [128 + 100 * np.sin(xx / (17 + 13 * c) + yy / (23 + 7 * c)) for c in range(3)], -1
+    )
     for _ in range(6):
         cy, cx, r = g.uniform(0, h), g.uniform(0, w), g.uniform(0.05, 0.25) * min(h, w)
         img[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = g.uniform(0, 255, 3)
@@ -92,7 +103,9 @@ def panoptic_agreement(ids_a, cats_a, ids_b, cats_b):
     overlap = np.zeros((len(ua), len(ub)), np.int64)
     np.add.at(overlap, (ia.ravel(), ib.ravel()), 1)
     rows, cols = linear_sum_assignment(-overlap)
-    agree = sum(overlap[r, c] for r, c in zip(rows, cols) if cats_a.get(ua[r], -1) == cats_b.get(ub[c], -1))
+    agree = sum(
+        overlap[r, c] for r, c in zip(rows, cols) if cats_a.get(ua[r], -1) == cats_b.get(ub[c], -1)
+    )
     return agree / ids_a.size
 
 
@@ -129,9 +142,13 @@ def compare(variant, size, kept):
     # panoptic: the same forced classes through both post-processings
     things = [d for d in id_map if d <= 90]
     stuff = [d for d in id_map if d > 90]
-    dataset_ids = [(things if i % 3 else stuff)[(i * 7) % len(things if i % 3 else stuff)] for i in range(kept)]
-    hooks = [force_classes(original.class_embed, dataset_ids),
-             force_classes(plugin.detr.class_embed, [id_map[d] for d in dataset_ids])]
+    dataset_ids = [
+        (things if i % 3 else stuff)[(i * 7) % len(things if i % 3 else stuff)] for i in range(kept)
+    ]
+    hooks = [
+        force_classes(original.class_embed, dataset_ids),
+        force_classes(plugin.detr.class_embed, [id_map[d] for d in dataset_ids]),
+    ]
     with torch.no_grad():
         (ref_pan,) = original(image)
         (res,) = plugin([{"image": image, "height": h, "width": w}])
@@ -148,7 +165,9 @@ def compare(variant, size, kept):
     # the original's raw outputs through the plugin's post-processing: the merge alone
     logits = raw["pred_logits"][0][:, order]
     need = plugin.postprocessor.queries_needing_masks(logits)
-    res = plugin.postprocessor(logits, raw["pred_boxes"][0], raw["pred_masks"][0][need], (h, w), (h, w), (h, w))
+    res = plugin.postprocessor(
+        logits, raw["pred_boxes"][0], raw["pred_masks"][0][need], (h, w), (h, w), (h, w)
+    )
     ids, info = res["panoptic_seg"]
     cats = {s["id"]: order[s["category_id"]].item() for s in info}
     result["merge_agreement"] = panoptic_agreement(ref_ids, ref_cats, ids.numpy(), {0: -1, **cats})
@@ -169,14 +188,21 @@ def main():
         return subprocess.run(cmd, env=reference_env(args.reference_repo)).returncode
     torch.set_num_threads(args.threads)
     print(machine_line())
-    print(f"{args.size[0]}x{args.size[1]} image, {args.kept} forced queries; max |plugin - original|")
-    print(f"{'variant':>8} | {'logits':>8} | {'boxes':>8} | {'masks':>8} | {'segments':>9} | {'panoptic agreement':>18}"
-          f" | {'merge agreement':>15}")
+    print(
+        f"{args.size[0]}x{args.size[1]} image, {args.kept} forced queries; max |plugin - original|"
+    )
+    print(
+        f"{'variant':>8} | {'logits':>8} | {'boxes':>8} | {'masks':>8} | {'segments':>9} | {'panoptic agreement':>18}"
+        f" | {'merge agreement':>15}"
+    )
     for variant in args.variant:
         r = compare(variant, args.size, args.kept)
         seg = f"{r['segments'][0]}/{r['segments'][1]}"
-        print(f"{variant:>8} | {r['logits']:>8.1e} | {r['boxes']:>8.1e} | {r['masks']:>8.1e} | {seg:>9} | "
-              f"{r['agreement']:>18.6f} | {r['merge_agreement']:>15.6f}", flush=True)
+        print(
+            f"{variant:>8} | {r['logits']:>8.1e} | {r['boxes']:>8.1e} | {r['masks']:>8.1e} | {seg:>9} | "
+            f"{r['agreement']:>18.6f} | {r['merge_agreement']:>15.6f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -29,12 +29,26 @@ def reference_env(repo):
 def reference_args(cfg, masks=True):
     d = cfg.MODEL.DETR
     return SimpleNamespace(
-        hidden_dim=d.HIDDEN_DIM, nheads=d.NHEADS, enc_layers=d.ENC_LAYERS, dec_layers=d.DEC_LAYERS,
-        dim_feedforward=d.DIM_FEEDFORWARD, dropout=d.DROPOUT, pre_norm=d.PRE_NORM, num_queries=d.NUM_OBJECT_QUERIES,
-        backbone=f"resnet{cfg.MODEL.RESNETS.DEPTH}", dilation=cfg.MODEL.RESNETS.RES5_DILATION == 2, masks=masks,
-        aux_loss=d.DEEP_SUPERVISION, position_embedding="sine", eos_coef=d.NO_OBJECT_WEIGHT,
-        set_cost_class=d.COST_CLASS, set_cost_bbox=d.COST_BBOX, set_cost_giou=d.COST_GIOU,
-        bbox_loss_coef=d.L1_WEIGHT, giou_loss_coef=d.GIOU_WEIGHT, mask_loss_coef=d.MASK_WEIGHT,
+        hidden_dim=d.HIDDEN_DIM,
+        nheads=d.NHEADS,
+        enc_layers=d.ENC_LAYERS,
+        dec_layers=d.DEC_LAYERS,
+        dim_feedforward=d.DIM_FEEDFORWARD,
+        dropout=d.DROPOUT,
+        pre_norm=d.PRE_NORM,
+        num_queries=d.NUM_OBJECT_QUERIES,
+        backbone=f"resnet{cfg.MODEL.RESNETS.DEPTH}",
+        dilation=cfg.MODEL.RESNETS.RES5_DILATION == 2,
+        masks=masks,
+        aux_loss=d.DEEP_SUPERVISION,
+        position_embedding="sine",
+        eos_coef=d.NO_OBJECT_WEIGHT,
+        set_cost_class=d.COST_CLASS,
+        set_cost_bbox=d.COST_BBOX,
+        set_cost_giou=d.COST_GIOU,
+        bbox_loss_coef=d.L1_WEIGHT,
+        giou_loss_coef=d.GIOU_WEIGHT,
+        mask_loss_coef=d.MASK_WEIGHT,
         dice_loss_coef=d.DICE_WEIGHT,
     )
 
@@ -48,13 +62,22 @@ def build_original(args, freeze_detr=False):
     from models.transformer import build_transformer
 
     resnet = getattr(torchvision.models, args.backbone)(
-        weights=None, replace_stride_with_dilation=[False, False, args.dilation], norm_layer=FrozenBatchNorm2d
+        weights=None,
+        replace_stride_with_dilation=[False, False, args.dilation],
+        norm_layer=FrozenBatchNorm2d,
     )
     num_channels = 512 if args.backbone in ("resnet18", "resnet34") else 2048
-    backbone = Joiner(BackboneBase(resnet, True, num_channels, args.masks), build_position_encoding(args))
+    backbone = Joiner(
+        BackboneBase(resnet, True, num_channels, args.masks), build_position_encoding(args)
+    )
     backbone.num_channels = num_channels
-    detr = DETR(backbone, build_transformer(args), num_classes=250, num_queries=args.num_queries,
-                aux_loss=args.aux_loss)
+    detr = DETR(
+        backbone,
+        build_transformer(args),
+        num_classes=250,
+        num_queries=args.num_queries,
+        aux_loss=args.aux_loss,
+    )
     return DETRsegm(detr, freeze_detr=freeze_detr) if args.masks else detr
 
 
@@ -98,14 +121,36 @@ class OriginalDetrStage2Step:
         torch.manual_seed(seed)
         args = reference_args(cfg)
         self.model = build_original(args, freeze_detr=True).to(device).train()
-        weights = {"loss_ce": 1, "loss_bbox": args.bbox_loss_coef, "loss_giou": args.giou_loss_coef,
-                   "loss_mask": args.mask_loss_coef, "loss_dice": args.dice_loss_coef}
+        weights = {
+            "loss_ce": 1,
+            "loss_bbox": args.bbox_loss_coef,
+            "loss_giou": args.giou_loss_coef,
+            "loss_mask": args.mask_loss_coef,
+            "loss_dice": args.dice_loss_coef,
+        }
         if args.aux_loss:
-            weights.update({f"{k}_{i}": v for i in range(args.dec_layers - 1) for k, v in list(weights.items())})
-        self.criterion = SetCriterion(250, build_matcher(args), weights, args.eos_coef,
-                                      ["labels", "boxes", "cardinality", "masks"]).to(device).train()
+            weights.update(
+                {
+                    f"{k}_{i}": v
+                    for i in range(args.dec_layers - 1)
+                    for k, v in list(weights.items())
+                }
+            )
+        self.criterion = (
+            SetCriterion(
+                250,
+                build_matcher(args),
+                weights,
+                args.eos_coef,
+                ["labels", "boxes", "cardinality", "masks"],
+            )
+            .to(device)
+            .train()
+        )
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
+        )
 
     def __call__(self, batch):
         """batch: the plugin's training inputs (uint8 images, Instances with gt_boxes/gt_classes/gt_masks)."""
@@ -114,12 +159,19 @@ class OriginalDetrStage2Step:
         images, targets = [], []
         for x in batch:
             img = x["image"].float()
-            images.append((img / 255.0 - IMAGENET_MEAN.to(img.device)) / IMAGENET_STD.to(img.device))
+            images.append(
+                (img / 255.0 - IMAGENET_MEAN.to(img.device)) / IMAGENET_STD.to(img.device)
+            )
             h, w = img.shape[-2:]
             inst = x["instances"]
             boxes = box_convert(inst.gt_boxes.tensor, "xyxy", "cxcywh") / torch.tensor([w, h, w, h])
-            targets.append({"labels": inst.gt_classes + 1, "boxes": boxes.to(img.device),
-                            "masks": inst.gt_masks.tensor.to(img.device)})
+            targets.append(
+                {
+                    "labels": inst.gt_classes + 1,
+                    "boxes": boxes.to(img.device),
+                    "masks": inst.gt_masks.tensor.to(img.device),
+                }
+            )
         outputs = self.model(images)
         losses = self.criterion(outputs, targets)
         weights = self.criterion.weight_dict

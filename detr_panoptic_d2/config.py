@@ -1,4 +1,5 @@
 """Config keys of detr-panoptic-d2, with the defaults of the original DETR (panoptic, R-50)."""
+
 from detectron2.config import CfgNode as CN
 
 
@@ -108,37 +109,95 @@ def validate_config(cfg):
     """Check the plugin's config values; raise ValueError naming the first bad key. Called by the model's
     ``from_config``, so a broken config fails before anything is built."""
     d, t = cfg.MODEL.DETR, cfg.MODEL.DETR.TEST
-    for key in ("NUM_CLASSES", "HIDDEN_DIM", "NHEADS", "DEC_LAYERS", "DIM_FEEDFORWARD", "NUM_OBJECT_QUERIES"):
-        _check(isinstance(d[key], int) and d[key] >= 1, f"MODEL.DETR.{key}", d[key], "an integer >= 1")
-    _check(isinstance(d.ENC_LAYERS, int) and d.ENC_LAYERS >= 0, "MODEL.DETR.ENC_LAYERS", d.ENC_LAYERS,
-           "an integer >= 0")
-    _check(d.HIDDEN_DIM % d.NHEADS == 0, "MODEL.DETR.HIDDEN_DIM", d.HIDDEN_DIM,
-           f"a multiple of MODEL.DETR.NHEADS={d.NHEADS}")
+    for key in (
+        "NUM_CLASSES",
+        "HIDDEN_DIM",
+        "NHEADS",
+        "DEC_LAYERS",
+        "DIM_FEEDFORWARD",
+        "NUM_OBJECT_QUERIES",
+    ):
+        _check(
+            isinstance(d[key], int) and d[key] >= 1, f"MODEL.DETR.{key}", d[key], "an integer >= 1"
+        )
+    _check(
+        isinstance(d.ENC_LAYERS, int) and d.ENC_LAYERS >= 0,
+        "MODEL.DETR.ENC_LAYERS",
+        d.ENC_LAYERS,
+        "an integer >= 0",
+    )
+    _check(
+        d.HIDDEN_DIM % d.NHEADS == 0,
+        "MODEL.DETR.HIDDEN_DIM",
+        d.HIDDEN_DIM,
+        f"a multiple of MODEL.DETR.NHEADS={d.NHEADS}",
+    )
     _check(0.0 <= d.DROPOUT < 1.0, "MODEL.DETR.DROPOUT", d.DROPOUT, "in [0, 1)")
     _check(0.0 < d.NO_OBJECT_WEIGHT, "MODEL.DETR.NO_OBJECT_WEIGHT", d.NO_OBJECT_WEIGHT, "> 0")
-    for key in ("COST_CLASS", "COST_BBOX", "COST_GIOU", "CLASS_WEIGHT", "L1_WEIGHT", "GIOU_WEIGHT",
-                "MASK_WEIGHT", "DICE_WEIGHT"):
+    for key in (
+        "COST_CLASS",
+        "COST_BBOX",
+        "COST_GIOU",
+        "CLASS_WEIGHT",
+        "L1_WEIGHT",
+        "GIOU_WEIGHT",
+        "MASK_WEIGHT",
+        "DICE_WEIGHT",
+    ):
         _check(d[key] >= 0, f"MODEL.DETR.{key}", d[key], ">= 0")
     _check(d.COST_CLASS or d.COST_BBOX or d.COST_GIOU, "MODEL.DETR.COST_*", 0, "not all 0")
-    _check(0.0 <= t.OBJECT_MASK_THRESHOLD <= 1.0, "MODEL.DETR.TEST.OBJECT_MASK_THRESHOLD",
-           t.OBJECT_MASK_THRESHOLD, "in [0, 1]")
-    _check(t.PANOPTIC_MERGE in ("detr", "maskformer"), "MODEL.DETR.TEST.PANOPTIC_MERGE", t.PANOPTIC_MERGE,
-           "'detr' or 'maskformer'")
-    _check(t.STUFF_MERGE in ("first", "union"), "MODEL.DETR.TEST.STUFF_MERGE", t.STUFF_MERGE, "'first' or 'union'")
-    _check(0.0 <= t.OVERLAP_THRESHOLD <= 1.0, "MODEL.DETR.TEST.OVERLAP_THRESHOLD", t.OVERLAP_THRESHOLD,
-           "in [0, 1]")
+    _check(
+        0.0 <= t.OBJECT_MASK_THRESHOLD <= 1.0,
+        "MODEL.DETR.TEST.OBJECT_MASK_THRESHOLD",
+        t.OBJECT_MASK_THRESHOLD,
+        "in [0, 1]",
+    )
+    _check(
+        t.PANOPTIC_MERGE in ("detr", "maskformer"),
+        "MODEL.DETR.TEST.PANOPTIC_MERGE",
+        t.PANOPTIC_MERGE,
+        "'detr' or 'maskformer'",
+    )
+    _check(
+        t.STUFF_MERGE in ("first", "union"),
+        "MODEL.DETR.TEST.STUFF_MERGE",
+        t.STUFF_MERGE,
+        "'first' or 'union'",
+    )
+    _check(
+        0.0 <= t.OVERLAP_THRESHOLD <= 1.0,
+        "MODEL.DETR.TEST.OVERLAP_THRESHOLD",
+        t.OVERLAP_THRESHOLD,
+        "in [0, 1]",
+    )
     _check(t.MIN_SEGMENT_AREA >= 0, "MODEL.DETR.TEST.MIN_SEGMENT_AREA", t.MIN_SEGMENT_AREA, ">= 0")
     if cfg.MODEL.MASK_HEAD.NAME == "DetrMaskHead":
         # GroupNorm(8) down to HIDDEN_DIM / 16 channels, and over HIDDEN_DIM + NHEADS channels
-        _check(d.HIDDEN_DIM % 128 == 0 and (d.HIDDEN_DIM + d.NHEADS) % 8 == 0, "MODEL.DETR.HIDDEN_DIM",
-               (d.HIDDEN_DIM, d.NHEADS), "a multiple of 128, with HIDDEN_DIM + NHEADS a multiple of 8 "
-               "(DetrMaskHead's GroupNorm)")
+        _check(
+            d.HIDDEN_DIM % 128 == 0 and (d.HIDDEN_DIM + d.NHEADS) % 8 == 0,
+            "MODEL.DETR.HIDDEN_DIM",
+            (d.HIDDEN_DIM, d.NHEADS),
+            "a multiple of 128, with HIDDEN_DIM + NHEADS a multiple of 8 "
+            "(DetrMaskHead's GroupNorm)",
+        )
         in_features = cfg.MODEL.MASK_HEAD.IN_FEATURES
-        _check(len(in_features) == 3, "MODEL.MASK_HEAD.IN_FEATURES", in_features,
-               "3 backbone features, coarse to fine (DetrMaskHead's upsampler)")
+        _check(
+            len(in_features) == 3,
+            "MODEL.MASK_HEAD.IN_FEATURES",
+            in_features,
+            "3 backbone features, coarse to fine (DetrMaskHead's upsampler)",
+        )
     if d.FROZEN_WEIGHTS:
-        _check(bool(cfg.MODEL.MASK_HEAD.NAME), "MODEL.MASK_HEAD.NAME", cfg.MODEL.MASK_HEAD.NAME,
-               "set when MODEL.DETR.FROZEN_WEIGHTS is (stage 2 trains the mask head only)")
+        _check(
+            bool(cfg.MODEL.MASK_HEAD.NAME),
+            "MODEL.MASK_HEAD.NAME",
+            cfg.MODEL.MASK_HEAD.NAME,
+            "set when MODEL.DETR.FROZEN_WEIGHTS is (stage 2 trains the mask head only)",
+        )
     toy = cfg.DATASETS.TOY
-    _check(toy.THING_COLORS in ("class", "random"), "DATASETS.TOY.THING_COLORS", toy.THING_COLORS,
-           "'class' or 'random'")
+    _check(
+        toy.THING_COLORS in ("class", "random"),
+        "DATASETS.TOY.THING_COLORS",
+        toy.THING_COLORS,
+        "'class' or 'random'",
+    )

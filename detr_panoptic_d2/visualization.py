@@ -1,4 +1,5 @@
 """Pictures of predictions with Detectron2's Visualizer, and of what the model attends to."""
+
 import numpy as np
 import torch
 from detectron2.utils.visualizer import ColorMode, Visualizer
@@ -48,7 +49,9 @@ def explain_queries(model, inputs, metadata, out_path, input_format="RGB", max_q
     model.eval()
     images, mask = model.preprocess_image([inputs])
     outputs, features = model.detr(images.tensor, mask)
-    keep, scores, labels = select_queries(outputs["pred_logits"][0], model.postprocessor.object_mask_threshold)
+    keep, scores, labels = select_queries(
+        outputs["pred_logits"][0], model.postprocessor.object_mask_threshold
+    )
     queries = keep.nonzero()[:, 0][:max_queries]
     h, w = images.image_sizes[0]
     image = inputs["image"].permute(1, 2, 0).cpu().numpy().clip(0, 255).astype(np.uint8)

@@ -10,6 +10,7 @@
 Panoptic checkpoints (DETRsegm, 250 classes) → 133 contiguous COCO panoptic classes; detection checkpoints
 (DETR, 91 classes) → 80 COCO thing classes (--metadata coco_detection, picked automatically).
 """
+
 import argparse
 import sys
 
@@ -17,12 +18,20 @@ from detr_panoptic_d2.checkpoint import METADATA, config_overrides, convert_detr
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--source-model", required=True, help="original DETR checkpoint: local path or URL")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--source-model", required=True, help="original DETR checkpoint: local path or URL"
+    )
     p.add_argument("--output-model", required=True, help="output Detectron2 checkpoint (.pth)")
-    p.add_argument("--metadata", choices=sorted(METADATA), default=None,
-                   help="class id mapping (default: coco_panoptic if the checkpoint has a mask head, "
-                        "else coco_detection)")
+    p.add_argument(
+        "--metadata",
+        choices=sorted(METADATA),
+        default=None,
+        help="class id mapping (default: coco_panoptic if the checkpoint has a mask head, "
+        "else coco_detection)",
+    )
     a = p.parse_args(argv)
     try:
         ckpt, info = convert_detr_checkpoint(a.source_model, a.output_model, a.metadata)
@@ -30,11 +39,15 @@ def main(argv=None):
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {msg}", file=sys.stderr)
         return 1
-    print(f"wrote {a.output_model}: {len(ckpt['model'])} tensors, {info.kind} DETR R-{info.resnet_depth}, "
-          f"{info.source_num_classes} source classes -> {info.num_classes} contiguous classes ({info.metadata})")
+    print(
+        f"wrote {a.output_model}: {len(ckpt['model'])} tensors, {info.kind} DETR R-{info.resnet_depth}, "
+        f"{info.source_num_classes} source classes -> {info.num_classes} contiguous classes ({info.metadata})"
+    )
     if info.dilation is None:
-        print("note: the checkpoint does not say whether res5 is dilated; for a DC5 model add "
-              "MODEL.RESNETS.RES5_DILATION 2")
+        print(
+            "note: the checkpoint does not say whether res5 is dilated; for a DC5 model add "
+            "MODEL.RESNETS.RES5_DILATION 2"
+        )
     print("config overrides matching the checkpoint:")
     print("  " + " ".join(config_overrides(info)))
     return 0

@@ -10,6 +10,7 @@ Keys become detr.backbone.stem.* / detr.backbone.res{2..5}.* (Detectron2 ResNet 
 dropped. The config must
 use torchvision-style blocks (MODEL.RESNETS.STRIDE_IN_1X1 False; RES2_OUT_CHANNELS 64 for R-18/34).
 """
+
 import argparse
 import sys
 
@@ -21,13 +22,21 @@ from detr_panoptic_d2.checkpoint import (
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--source-model", required=True, help="torchvision ResNet state dict: local path or URL")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--source-model", required=True, help="torchvision ResNet state dict: local path or URL"
+    )
     p.add_argument("--output-model", required=True, help="output Detectron2 checkpoint (.pth)")
     a = p.parse_args(argv)
     try:
-        sd = convert_torchvision_resnet(load_state_dict_file(a.source_model), source_name=a.source_model)
-        save_d2_checkpoint(sd, a.output_model, "detr-panoptic-d2 convert_torchvision_resnet (torchvision weights)")
+        sd = convert_torchvision_resnet(
+            load_state_dict_file(a.source_model), source_name=a.source_model
+        )
+        save_d2_checkpoint(
+            sd, a.output_model, "detr-panoptic-d2 convert_torchvision_resnet (torchvision weights)"
+        )
     except (KeyError, ValueError, RuntimeError, FileNotFoundError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {msg}", file=sys.stderr)

@@ -8,6 +8,7 @@
 --dataset draws each prediction next to the ground truth; --explain also writes, per image, each kept
 query's box, multi-head attention maps and mask in one PNG (<name>_queries.png).
 """
+
 import argparse
 import glob
 import os
@@ -21,7 +22,12 @@ from detectron2.engine import DefaultPredictor
 
 from detr_panoptic_d2 import add_detr_panoptic_config
 from detr_panoptic_d2.data import register_datasets_from_cfg
-from detr_panoptic_d2.visualization import draw_ground_truth, draw_prediction, explain_queries, side_by_side
+from detr_panoptic_d2.visualization import (
+    draw_ground_truth,
+    draw_prediction,
+    explain_queries,
+    side_by_side,
+)
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -42,7 +48,9 @@ def list_inputs(paths):
     files = []
     for p in paths:
         if os.path.isdir(p):
-            files += sorted(os.path.join(p, f) for f in os.listdir(p) if f.lower().endswith(IMAGE_EXTS))
+            files += sorted(
+                os.path.join(p, f) for f in os.listdir(p) if f.lower().endswith(IMAGE_EXTS)
+            )
         elif any(c in p for c in "*?["):
             files += sorted(glob.glob(os.path.expanduser(p)))
         elif os.path.isfile(p):
@@ -60,7 +68,9 @@ def main():
     parser.add_argument("--num", type=int, default=8, help="with --dataset: number of images")
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--confidence-threshold", type=float, default=0.85)
-    parser.add_argument("--explain", action="store_true", help="also draw each kept query's attention and mask")
+    parser.add_argument(
+        "--explain", action="store_true", help="also draw each kept query's attention and mask"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args()
     if bool(args.input) == bool(args.dataset):
@@ -96,8 +106,13 @@ def main():
             image = bgr[:, :, ::-1] if cfg.INPUT.FORMAT == "RGB" else bgr
             image = predictor.aug.get_transform(image).apply_image(image)
             inputs = {"image": torch.as_tensor(image.astype("float32").transpose(2, 0, 1))}
-            explain_queries(predictor.model, inputs, metadata, os.path.join(args.output, f"{name}_queries.png"),
-                            input_format=cfg.INPUT.FORMAT)
+            explain_queries(
+                predictor.model,
+                inputs,
+                metadata,
+                os.path.join(args.output, f"{name}_queries.png"),
+                input_format=cfg.INPUT.FORMAT,
+            )
     print(f"wrote {len(files)} picture(s) to {args.output}")
 
 

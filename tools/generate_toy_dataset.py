@@ -41,28 +41,50 @@ def _visualize(name, vis_dir, count):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layout", choices=("toy",) + LAYOUTS, default="toy",
-                        help="toy: the toy set (ROOT is its folder); coco / cityscapes / ade20k: "
-                             "that data set's layout under ROOT, a DETECTRON2_DATASETS folder; "
-                             "custom: a user's own COCO panoptic set in ROOT")
-    parser.add_argument("--root", default=None,
-                        help="output folder (default: datasets/toy_panoptic for the toy set, "
-                             "datasets otherwise)")
-    parser.add_argument("--num-train", type=int, default=None,
-                        help="train images (default: 400 for the toy set, 20 otherwise)")
-    parser.add_argument("--num-val", type=int, default=None,
-                        help="val images (default: 200 for the toy set, 10 otherwise)")
+    parser.add_argument(
+        "--layout",
+        choices=("toy",) + LAYOUTS,
+        default="toy",
+        help="toy: the toy set (ROOT is its folder); coco / cityscapes / ade20k: "
+        "that data set's layout under ROOT, a DETECTRON2_DATASETS folder; "
+        "custom: a user's own COCO panoptic set in ROOT",
+    )
+    parser.add_argument(
+        "--root",
+        default=None,
+        help="output folder (default: datasets/toy_panoptic for the toy set, datasets otherwise)",
+    )
+    parser.add_argument(
+        "--num-train",
+        type=int,
+        default=None,
+        help="train images (default: 400 for the toy set, 20 otherwise)",
+    )
+    parser.add_argument(
+        "--num-val",
+        type=int,
+        default=None,
+        help="val images (default: 200 for the toy set, 10 otherwise)",
+    )
     parser.add_argument("--min-size", type=int, default=128, help="smallest image side (px)")
     parser.add_argument("--max-size", type=int, default=192, help="largest image side (px)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--thing-colors", choices=THING_COLOR_MODES, default=None,
-                        help="class: each thing class in its own colour; random: a random colour "
-                             "per thing (only the shape tells the class). Default: class for the "
-                             "toy set, random otherwise")
+    parser.add_argument(
+        "--thing-colors",
+        choices=THING_COLOR_MODES,
+        default=None,
+        help="class: each thing class in its own colour; random: a random colour "
+        "per thing (only the shape tells the class). Default: class for the "
+        "toy set, random otherwise",
+    )
     parser.add_argument("--overwrite", action="store_true", help="regenerate even if cached")
-    parser.add_argument("--visualize", type=int, default=0, metavar="N",
-                        help="draw the ground truth of N val images into ROOT/vis/ "
-                             "(toy and custom sets)")
+    parser.add_argument(
+        "--visualize",
+        type=int,
+        default=0,
+        metavar="N",
+        help="draw the ground truth of N val images into ROOT/vis/ (toy and custom sets)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     toy = args.layout == "toy"
@@ -74,18 +96,29 @@ def main(argv=None):
 
     try:
         if toy:
-            out = generate_toy_panoptic(root, num_train, num_val, size, args.seed, args.overwrite,
-                                        thing_colors=thing_colors)
+            out = generate_toy_panoptic(
+                root, num_train, num_val, size, args.seed, args.overwrite, thing_colors=thing_colors
+            )
         else:
-            out = write_layout(root, args.layout, num_train, num_val, size, args.seed,
-                               thing_colors=thing_colors, overwrite=args.overwrite)
+            out = write_layout(
+                root,
+                args.layout,
+                num_train,
+                num_val,
+                size,
+                args.seed,
+                thing_colors=thing_colors,
+                overwrite=args.overwrite,
+            )
     except (ValueError, OSError) as e:
         parser.error(str(e))
 
     if toy:
         print(f"toy data set {'written' if out['generated'] else 'up to date'} in {out['root']}")
-        print("register with detr_panoptic_d2.data.toy_dataset.register_toy_panoptic("
-              f"{out['root']!r}); names: toy_panoptic_train, toy_panoptic_val")
+        print(
+            "register with detr_panoptic_d2.data.toy_dataset.register_toy_panoptic("
+            f"{out['root']!r}); names: toy_panoptic_train, toy_panoptic_val"
+        )
         if args.visualize > 0:
             val_name = register_toy_panoptic(root)[1]
             _visualize(val_name, os.path.join(root, "vis"), args.visualize)
@@ -95,22 +128,28 @@ def main(argv=None):
     print(f"{args.layout} layout {state} in {out['dataset_root']}")
     names = out["dataset_names"]
     if args.layout == "custom":
-        print("register with detr_panoptic_d2.data.layouts.register_custom_panoptic(NAME, "
-              f"{out['dataset_root']!r}) (detectron2's register_coco_panoptic): names NAME_train, "
-              "NAME_val")
+        print(
+            "register with detr_panoptic_d2.data.layouts.register_custom_panoptic(NAME, "
+            f"{out['dataset_root']!r}) (detectron2's register_coco_panoptic): names NAME_train, "
+            "NAME_val"
+        )
         if args.visualize > 0:
             val_name = register_custom_panoptic("custom_layout", out["dataset_root"])[1]
             _visualize(val_name, os.path.join(root, "vis"), args.visualize)
         return
     if args.visualize > 0:
-        print("--visualize draws the toy and custom sets only: the builtin names read "
-              "DETECTRON2_DATASETS when detectron2 is imported")
+        print(
+            "--visualize draws the toy and custom sets only: the builtin names read "
+            "DETECTRON2_DATASETS when detectron2 is imported"
+        )
     print(f"set DETECTRON2_DATASETS={os.path.abspath(root)} before detectron2 is imported; then")
     if names["detectron2"]:
         print("  detectron2's builtin names: " + ", ".join(names["detectron2"]))
     if names["plugin"]:
-        print("  with detr_panoptic_d2.data.datasets.register_plugin_datasets(NAMES): "
-              + ", ".join(names["plugin"]))
+        print(
+            "  with detr_panoptic_d2.data.datasets.register_plugin_datasets(NAMES): "
+            + ", ".join(names["plugin"])
+        )
 
 
 if __name__ == "__main__":

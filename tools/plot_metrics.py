@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Plot the total loss (and the given keys) of one or more Detectron2 metrics.json files into a PNG.
 
-    python tools/plot_metrics.py output/toy/stage1/metrics.json output/toy/stage2/metrics.json -o loss.png
+python tools/plot_metrics.py output/toy/stage1/metrics.json output/toy/stage2/metrics.json -o loss.png
 """
+
 import argparse
 import json
 
@@ -40,7 +41,9 @@ def main():
     parser.add_argument("-o", "--output", required=True)
     parser.add_argument("--keys", nargs="*", default=["total_loss"])
     args = parser.parse_args()
-    fig, axes = plt.subplots(1, len(args.metrics), figsize=(5 * len(args.metrics), 3.5), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(args.metrics), figsize=(5 * len(args.metrics), 3.5), squeeze=False
+    )
     for ax, path in zip(axes[0], args.metrics):
         rows = read_metrics(path)
         if not rows:

@@ -1,15 +1,15 @@
 #!/usr/bin/env python
 """Train or evaluate DETR panoptic with Detectron2's DefaultTrainer.
 
-    python tools/train_net.py --config-file configs/toy/detr_R18_toy_stage1.yaml
-    python tools/train_net.py --config-file CONFIG --num-gpus 8
-    python tools/train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS model.pth
-    python tools/train_net.py --config-file CONFIG --resume
+python tools/train_net.py --config-file configs/toy/detr_R18_toy_stage1.yaml
+python tools/train_net.py --config-file CONFIG --num-gpus 8
+python tools/train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS model.pth
+python tools/train_net.py --config-file CONFIG --resume
 """
+
 import logging
 
 import torch
-
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 
@@ -25,7 +25,9 @@ def setup(args):
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logging.getLogger("detr_panoptic_d2").warning("CUDA is not available: MODEL.DEVICE set to cpu")
+        logging.getLogger("detr_panoptic_d2").warning(
+            "CUDA is not available: MODEL.DEVICE set to cpu"
+        )
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     default_setup(cfg, args)
@@ -42,7 +44,9 @@ def main(args):
                 "Pass MODEL.WEIGHTS path/to/model.pth."
             )
         model = DetrPanopticTrainer.build_model(cfg)
-        DetrCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        DetrCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
         return DetrPanopticTrainer.test(cfg, model)
     trainer = DetrPanopticTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
@@ -51,5 +55,11 @@ def main(args):
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

@@ -1,4 +1,5 @@
 """Converters of original DETR and torchvision ResNet weights into this plugin's Detectron2 checkpoints."""
+
 from .detr_converter import (
     METADATA,
     DetrCheckpointInfo,
@@ -8,7 +9,13 @@ from .detr_converter import (
     convert_detr_state_dict,
     remap_class_rows,
 )
-from .loading import DetrCheckpointer, load_detr_body, load_submodule, read_checkpoint_state, rename_legacy_keys
+from .loading import (
+    DetrCheckpointer,
+    load_detr_body,
+    load_submodule,
+    read_checkpoint_state,
+    rename_legacy_keys,
+)
 from .torchvision_converter import (
     convert_resnet_state_dict,
     convert_torchvision_resnet,
@@ -18,8 +25,21 @@ from .torchvision_converter import (
 )
 
 __all__ = [
-    "DetrCheckpointer", "load_detr_body", "load_submodule", "read_checkpoint_state", "rename_legacy_keys",
-    "METADATA", "DetrCheckpointInfo", "config_overrides", "contiguous_id_map", "convert_detr_checkpoint",
-    "convert_detr_state_dict", "remap_class_rows", "convert_resnet_state_dict", "convert_torchvision_resnet",
-    "load_state_dict_file", "rename_torchvision_resnet_key", "save_d2_checkpoint",
+    "DetrCheckpointer",
+    "load_detr_body",
+    "load_submodule",
+    "read_checkpoint_state",
+    "rename_legacy_keys",
+    "METADATA",
+    "DetrCheckpointInfo",
+    "config_overrides",
+    "contiguous_id_map",
+    "convert_detr_checkpoint",
+    "convert_detr_state_dict",
+    "remap_class_rows",
+    "convert_resnet_state_dict",
+    "convert_torchvision_resnet",
+    "load_state_dict_file",
+    "rename_torchvision_resnet_key",
+    "save_d2_checkpoint",
 ]

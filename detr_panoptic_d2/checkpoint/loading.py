@@ -11,17 +11,28 @@ logger = logging.getLogger(__name__)
 
 # Top-level modules of the DETR body, which checkpoints written before it had its own module (``detr.``) hold
 # at the top level of the model.
-_LEGACY_BODY_MODULES = ("backbone.", "input_proj.", "position_embedding.", "query_embed.", "transformer.",
-                        "class_embed.", "bbox_embed.")
+_LEGACY_BODY_MODULES = (
+    "backbone.",
+    "input_proj.",
+    "position_embedding.",
+    "query_embed.",
+    "transformer.",
+    "class_embed.",
+    "bbox_embed.",
+)
 CLASS_HEAD_KEYS = ("detr.class_embed.weight", "detr.class_embed.bias")
 
 
 def rename_legacy_keys(state_dict, prefix=""):
     """In place: ``<prefix>backbone.*``, ``<prefix>transformer.*``, ... (the earlier layout, with the DETR body's
     modules at the top of the model) → ``<prefix>detr.backbone.*``, .... Returns the renamed keys' count."""
-    old = [k for k in state_dict if k.startswith(prefix) and k[len(prefix):].startswith(_LEGACY_BODY_MODULES)]
+    old = [
+        k
+        for k in state_dict
+        if k.startswith(prefix) and k[len(prefix) :].startswith(_LEGACY_BODY_MODULES)
+    ]
     for k in old:
-        state_dict[prefix + "detr." + k[len(prefix):]] = state_dict.pop(k)
+        state_dict[prefix + "detr." + k[len(prefix) :]] = state_dict.pop(k)
     return len(old)
 
 
@@ -47,9 +58,11 @@ def load_submodule(module, path, prefix, key):
     """Load the ``<prefix>*`` tensors of the checkpoint at ``path`` into ``module`` strictly (every key, every
     shape); errors name ``key``, the file and the offending keys."""
     state = read_checkpoint_state(path, key)
-    sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     if not sub:
-        raise ValueError(f"{key}: {path} has no '{prefix}*' tensors (keys start with {sorted(state)[:5]} ...)")
+        raise ValueError(
+            f"{key}: {path} has no '{prefix}*' tensors (keys start with {sorted(state)[:5]} ...)"
+        )
     try:
         module.load_state_dict(sub, strict=True)
     except RuntimeError as e:
@@ -78,8 +91,11 @@ class DetrCheckpointer(DetectionCheckpointer):
         state = checkpoint["model"]
         rename_legacy_keys(state)
         own = self.model.state_dict()
-        mismatched = {k: (tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
-                      if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)}
+        mismatched = {
+            k: (tuple(v.shape), tuple(own[k].shape))
+            for k, v in state.items()
+            if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)
+        }
         others = {k: s for k, s in mismatched.items() if k not in CLASS_HEAD_KEYS}
         if others:
             raise ValueError(

@@ -21,17 +21,28 @@ from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 _BN = r"bn(\d)\.(weight|bias|running_mean|running_var|num_batches_tracked)"
 _RULES = [  # (torchvision key, Detectron2 name or None for dropped keys)
-    (r"^fc\.(weight|bias)$|^(bn1|layer[1-4]\.\d+\.(bn\d|downsample\.1))\.num_batches_tracked$", None),
+    (
+        r"^fc\.(weight|bias)$|^(bn1|layer[1-4]\.\d+\.(bn\d|downsample\.1))\.num_batches_tracked$",
+        None,
+    ),
     (r"^conv1\.weight$", "stem.conv1.weight"),
     (r"^bn1\.(\w+)$", r"stem.conv1.norm.\1"),
     (r"^layer([1-4])\.(\d+)\.conv(\d)\.weight$", r"res\1.\2.conv\3.weight"),
     (rf"^layer([1-4])\.(\d+)\.{_BN}$", r"res\1.\2.conv\3.norm.\4"),
     (r"^layer([1-4])\.(\d+)\.downsample\.0\.weight$", r"res\1.\2.shortcut.weight"),
-    (r"^layer([1-4])\.(\d+)\.downsample\.1\.(weight|bias|running_mean|running_var)$", r"res\1.\2.shortcut.norm.\3"),
+    (
+        r"^layer([1-4])\.(\d+)\.downsample\.1\.(weight|bias|running_mean|running_var)$",
+        r"res\1.\2.shortcut.norm.\3",
+    ),
 ]
 _RULES = [(re.compile(p), r) for p, r in _RULES]
-DEPTHS = {((2, 2, 2, 2), False): 18, ((3, 4, 6, 3), False): 34, ((3, 4, 6, 3), True): 50,
-          ((3, 4, 23, 3), True): 101, ((3, 8, 36, 3), True): 152}
+DEPTHS = {
+    ((2, 2, 2, 2), False): 18,
+    ((3, 4, 6, 3), False): 34,
+    ((3, 4, 6, 3), True): 50,
+    ((3, 4, 23, 3), True): 101,
+    ((3, 8, 36, 3), True): 152,
+}
 
 
 def rename_torchvision_resnet_key(key):
@@ -50,7 +61,9 @@ def rename_torchvision_resnet_key(key):
     raise KeyError(f"not a torchvision ResNet key: {key!r}")
 
 
-def convert_resnet_state_dict(state_dict, src_prefix="", dst_prefix="backbone.", source_name="state dict"):
+def convert_resnet_state_dict(
+    state_dict, src_prefix="", dst_prefix="backbone.", source_name="state dict"
+):
     """Rename the torchvision ResNet keys under ``src_prefix`` to Detectron2 names under ``dst_prefix``.
 
     Each key under ``src_prefix`` must be a ResNet key (KeyError naming it otherwise). Returns (new state dict,
@@ -61,9 +74,11 @@ def convert_resnet_state_dict(state_dict, src_prefix="", dst_prefix="backbone.",
         if not k.startswith(src_prefix):
             continue
         try:
-            new = rename_torchvision_resnet_key(k[len(src_prefix):])
+            new = rename_torchvision_resnet_key(k[len(src_prefix) :])
         except KeyError:
-            raise KeyError(f"{source_name}: unexpected key {k!r} (not a torchvision ResNet key)") from None
+            raise KeyError(
+                f"{source_name}: unexpected key {k!r} (not a torchvision ResNet key)"
+            ) from None
         used.add(k)
         if new is not None:
             out[dst_prefix + new] = v
@@ -73,8 +88,16 @@ def convert_resnet_state_dict(state_dict, src_prefix="", dst_prefix="backbone.",
 
 def resnet_depth(state_dict, prefix="backbone."):
     """Depth of the Detectron2-named ResNet in ``state_dict`` (block counts per stage, bottleneck or not)."""
-    blocks = tuple(len({k.split(".")[len(prefix.split("."))] for k in state_dict if k.startswith(f"{prefix}res{s}.")})
-                   for s in (2, 3, 4, 5))
+    blocks = tuple(
+        len(
+            {
+                k.split(".")[len(prefix.split("."))]
+                for k in state_dict
+                if k.startswith(f"{prefix}res{s}.")
+            }
+        )
+        for s in (2, 3, 4, 5)
+    )
     depth = DEPTHS.get((blocks, f"{prefix}res2.0.conv3.weight" in state_dict))
     if depth is None:
         raise ValueError(f"ResNet with blocks per stage {blocks} is not a standard depth")
@@ -89,9 +112,11 @@ def check_loads_strictly(module, state_dict, source_of, source_name):
     unexpected = sorted(set(state_dict) - set(own))
     if missing or unexpected:
         unexpected = [f"{k} (from {source_of.get(k, k)})" for k in unexpected]
-        raise KeyError(f"{source_name}: missing keys (plugin names): {missing[:20]}"
-                       + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
-                       + f"; unexpected keys: {unexpected[:20]}")
+        raise KeyError(
+            f"{source_name}: missing keys (plugin names): {missing[:20]}"
+            + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
+            + f"; unexpected keys: {unexpected[:20]}"
+        )
     module.load_state_dict(state_dict, strict=True)
 
 
@@ -135,8 +160,10 @@ def save_d2_checkpoint(state_dict, output_path, author):
     ``DetectionCheckpointer`` loads these names as they are (no name-matching heuristics).
     """
     if not str(output_path).endswith(".pth"):
-        raise ValueError(f"output must be a .pth file (DetectionCheckpointer reads .pkl as Caffe2/Detectron): "
-                         f"{output_path}")
+        raise ValueError(
+            f"output must be a .pth file (DetectionCheckpointer reads .pkl as Caffe2/Detectron): "
+            f"{output_path}"
+        )
     os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
     ckpt = {
         "model": {k: v.detach().clone().contiguous() for k, v in state_dict.items()},

@@ -3,4 +3,8 @@ from .datasets import PLUGIN_DATASET_NAMES, prepare_coco_panoptic_semseg, regist
 from .layouts import LAYOUTS, register_custom_panoptic, write_layout
 from .registration import register_datasets_from_cfg
 from .scenes import THING_SHAPES, draw_scene
-from .toy_dataset import generate_toy_panoptic, register_toy_panoptic, register_toy_panoptic_from_cfg
+from .toy_dataset import (
+    generate_toy_panoptic,
+    register_toy_panoptic,
+    register_toy_panoptic_from_cfg,
+)

@@ -1,4 +1,5 @@
 """Dataset mapper turning Detectron2 COCO-panoptic dataset dicts into DETR training targets."""
+
 import copy
 import sys
 
@@ -105,16 +106,22 @@ class DetrPanopticDatasetMapper:
 
         pan = rgb2id(self._read(png_name, read_png, "Panoptic PNG"))  # (H, W) int ids < 2^24
         if pan.shape != tuple(image_shape):
-            raise ValueError(f"Panoptic PNG {png_name} has size {pan.shape}, its image {tuple(image_shape)}")
+            raise ValueError(
+                f"Panoptic PNG {png_name} has size {pan.shape}, its image {tuple(image_shape)}"
+            )
         segments = dataset_dict["segments_info"]
         listed = {int(s["id"]) for s in segments}
         present = set(np.unique(pan).tolist()) - {0}
         if listed - present:
             missing = sorted(listed - present)
-            raise ValueError(f"Panoptic PNG {png_name}: segment ids {missing} of segments_info are absent from it")
+            raise ValueError(
+                f"Panoptic PNG {png_name}: segment ids {missing} of segments_info are absent from it"
+            )
         if present - listed:
             unlisted = sorted(present - listed)
-            raise ValueError(f"Panoptic PNG {png_name}: ids {unlisted} are not listed in segments_info")
+            raise ValueError(
+                f"Panoptic PNG {png_name}: ids {unlisted} are not listed in segments_info"
+            )
         for s in segments:
             if not 0 <= s["category_id"] < self.num_classes:
                 raise ValueError(
@@ -131,7 +138,9 @@ class DetrPanopticDatasetMapper:
     def __call__(self, dataset_dict):
         dataset_dict = copy.deepcopy(dataset_dict)  # it will be modified below
         file_name = dataset_dict["file_name"]
-        image = self._read(file_name, lambda p: utils.read_image(p, format=self.image_format), "Image")
+        image = self._read(
+            file_name, lambda p: utils.read_image(p, format=self.image_format), "Image"
+        )
         if image.shape[0] == 0 or image.shape[1] == 0:
             raise ValueError(f"Image {file_name} is empty (shape {image.shape})")
         utils.check_image_size(dataset_dict, image)
@@ -156,7 +165,9 @@ class DetrPanopticDatasetMapper:
         index = aug_input.sem_seg
         index = rgb2id(index) if index.ndim == 3 else index.astype(np.int64)  # (H, W)
         h, w = index.shape
-        present = np.bincount(index.ravel(), minlength=len(classes) + 1)[1:] > 0  # drop emptied segments
+        present = (
+            np.bincount(index.ravel(), minlength=len(classes) + 1)[1:] > 0
+        )  # drop emptied segments
         seg_idx = np.nonzero(present)[0]
         masks = torch.from_numpy(index[None] == (seg_idx + 1)[:, None, None])  # (N, H, W) bool
         instances = Instances((h, w))

@@ -101,10 +101,25 @@ _DEFAULT_CROWD_PROB = {"coco": 0.1, "cityscapes": 0.1, "ade20k": 0.0, "custom": 
 # Cityscapes: cityscapesscripts' label groups ("supercategory" in the panoptic JSON) of the 19
 # evaluated classes, and the label drawn in the void strip.
 _CITYSCAPES_SUPERCATEGORY = {
-    7: "flat", 8: "flat", 11: "construction", 12: "construction", 13: "construction",
-    17: "object", 19: "object", 20: "object", 21: "nature", 22: "nature", 23: "sky",
-    24: "human", 25: "human", 26: "vehicle", 27: "vehicle", 28: "vehicle", 31: "vehicle",
-    32: "vehicle", 33: "vehicle",
+    7: "flat",
+    8: "flat",
+    11: "construction",
+    12: "construction",
+    13: "construction",
+    17: "object",
+    19: "object",
+    20: "object",
+    21: "nature",
+    22: "nature",
+    23: "sky",
+    24: "human",
+    25: "human",
+    26: "vehicle",
+    27: "vehicle",
+    28: "vehicle",
+    31: "vehicle",
+    32: "vehicle",
+    33: "vehicle",
 }
 _CITYSCAPES_VOID_LABEL = (1, "ego vehicle")  # id 1, ignored in evaluation, train id 255
 _CITYSCAPES_CITIES = {"train": ("aachen", "bochum"), "val": ("frankfurt", "lindau")}
@@ -170,8 +185,9 @@ class _ColorIds:
         return _rgb_to_id(color)
 
 
-def _sample(layout_things, layout_stuff, seed, split, index, size, thing_colors, void_prob,
-            crowd_prob):
+def _sample(
+    layout_things, layout_stuff, seed, split, index, size, thing_colors, void_prob, crowd_prob
+):
     """Draw one image and decide its void strip and crowd things.
 
     Returns:
@@ -250,8 +266,11 @@ def _remap(ids, lut):
 
 
 def _coco_info():
-    return {"description": "synthetic data in the COCO layout (detr_panoptic_d2.data.layouts)",
-            "version": "1.0", "year": 2017}
+    return {
+        "description": "synthetic data in the COCO layout (detr_panoptic_d2.data.layouts)",
+        "version": "1.0",
+        "year": 2017,
+    }
 
 
 # ----------------------------------------------------------------------------- coco
@@ -266,8 +285,10 @@ def _write_coco(droot, cfg):
     things, stuff = _scene_classes("coco", cats)
     isthing = {c["id"]: c["isthing"] for c in cats}
     thing_cats = [{"id": c["id"], "name": c["name"]} for c in cats if c["isthing"]]
-    pan_cats = [{"id": c["id"], "name": c["name"], "isthing": c["isthing"],
-                 "color": list(c["color"])} for c in cats]
+    pan_cats = [
+        {"id": c["id"], "name": c["name"], "isthing": c["isthing"], "color": list(c["color"])}
+        for c in cats
+    ]
     written = {}
     for split, num in zip(_SPLITS, (cfg["num_train"], cfg["num_val"])):
         s = f"{split}2017"
@@ -278,8 +299,16 @@ def _write_coco(droot, cfg):
         ann_id = 1 if split == "train" else 1_000_001
         for index in range(num):
             image, ids, category_of, thing_sids, crowd = _sample(
-                things, stuff, cfg["seed"], split, index, cfg["image_size"], cfg["thing_colors"],
-                cfg["void_prob"], cfg["crowd_prob"])
+                things,
+                stuff,
+                cfg["seed"],
+                split,
+                index,
+                cfg["image_size"],
+                cfg["thing_colors"],
+                cfg["void_prob"],
+                cfg["crowd_prob"],
+            )
             image_id = (9 if split == "train" else 139) + 7 * index
             stem = f"{image_id:012d}"
             id_rng = np.random.default_rng([cfg["seed"], _SPLITS.index(split), index, 2])
@@ -288,29 +317,55 @@ def _write_coco(droot, cfg):
             lut = {sid: new_id(category_of[sid]) for sid in present}
             pan = _remap(ids, lut)  # (H, W) segment ids
             segments = segments_from_ids(
-                pan, {lut[s]: category_of[s] for s in present}, {lut[s]: 1 for s in crowd})
+                pan, {lut[s]: category_of[s] for s in present}, {lut[s]: 1 for s in crowd}
+            )
             h, w = pan.shape
             Image.fromarray(image).save(os.path.join(image_dir, stem + ".jpg"), quality=95)
             Image.fromarray(id2rgb(pan)).save(os.path.join(pan_dir, stem + ".png"))
-            images.append({"id": image_id, "file_name": stem + ".jpg", "height": h, "width": w,
-                           "license": 1})
-            pan_anns.append({"image_id": image_id, "file_name": stem + ".png",
-                             "segments_info": segments})
+            images.append(
+                {"id": image_id, "file_name": stem + ".jpg", "height": h, "width": w, "license": 1}
+            )
+            pan_anns.append(
+                {"image_id": image_id, "file_name": stem + ".png", "segments_info": segments}
+            )
             for seg in segments:
                 if isthing[seg["category_id"]]:
-                    inst_anns.append(_instance_annotation(
-                        pan == seg["id"], ann_id, image_id, seg["category_id"], seg["iscrowd"]))
+                    inst_anns.append(
+                        _instance_annotation(
+                            pan == seg["id"], ann_id, image_id, seg["category_id"], seg["iscrowd"]
+                        )
+                    )
                     ann_id += 1
         licenses = [{"id": 1, "name": "synthetic", "url": ""}]
         pan_json = os.path.join(droot, "annotations", f"panoptic_{s}.json")
         inst_json = os.path.join(droot, "annotations", f"instances_{s}.json")
-        _save_json({"info": _coco_info(), "licenses": licenses, "images": images,
-                    "annotations": pan_anns, "categories": pan_cats}, pan_json)
-        _save_json({"info": _coco_info(), "licenses": licenses, "images": images,
-                    "annotations": inst_anns, "categories": thing_cats}, inst_json)
-        written[split] = {"image_root": image_dir, "panoptic_root": pan_dir,
-                          "panoptic_json": pan_json, "instances_json": inst_json,
-                          "num_images": num}
+        _save_json(
+            {
+                "info": _coco_info(),
+                "licenses": licenses,
+                "images": images,
+                "annotations": pan_anns,
+                "categories": pan_cats,
+            },
+            pan_json,
+        )
+        _save_json(
+            {
+                "info": _coco_info(),
+                "licenses": licenses,
+                "images": images,
+                "annotations": inst_anns,
+                "categories": thing_cats,
+            },
+            inst_json,
+        )
+        written[split] = {
+            "image_root": image_dir,
+            "panoptic_root": pan_dir,
+            "panoptic_json": pan_json,
+            "instances_json": inst_json,
+            "num_images": num,
+        }
         if split == "val":
             # detectron2's coco_2017_val_100* names: the first (up to) 100 val images.
             n100 = min(100, num)
@@ -318,33 +373,57 @@ def _write_coco(droot, cfg):
             pan100_dir = os.path.join(droot, "panoptic_val2017_100")
             os.makedirs(pan100_dir)
             for ann in pan_anns[:n100]:
-                shutil.copyfile(os.path.join(pan_dir, ann["file_name"]),
-                                os.path.join(pan100_dir, ann["file_name"]))
-            _save_json({"info": _coco_info(), "licenses": licenses, "images": images[:n100],
-                        "annotations": pan_anns[:n100], "categories": pan_cats},
-                       os.path.join(droot, "annotations", "panoptic_val2017_100.json"))
-            _save_json({"info": _coco_info(), "licenses": licenses, "images": images[:n100],
-                        "annotations": [a for a in inst_anns if a["image_id"] in keep],
-                        "categories": thing_cats},
-                       os.path.join(droot, "annotations", "instances_val2017_100.json"))
+                shutil.copyfile(
+                    os.path.join(pan_dir, ann["file_name"]),
+                    os.path.join(pan100_dir, ann["file_name"]),
+                )
+            _save_json(
+                {
+                    "info": _coco_info(),
+                    "licenses": licenses,
+                    "images": images[:n100],
+                    "annotations": pan_anns[:n100],
+                    "categories": pan_cats,
+                },
+                os.path.join(droot, "annotations", "panoptic_val2017_100.json"),
+            )
+            _save_json(
+                {
+                    "info": _coco_info(),
+                    "licenses": licenses,
+                    "images": images[:n100],
+                    "annotations": [a for a in inst_anns if a["image_id"] in keep],
+                    "categories": thing_cats,
+                },
+                os.path.join(droot, "annotations", "instances_val2017_100.json"),
+            )
             written["val_100"] = {"num_images": n100}
     # Semantic PNGs, made from the panoptic PNGs as the preparation scripts make them.
     for s in ("train2017", "val2017", "val2017_100"):
         pan_json = os.path.join(droot, "annotations", f"panoptic_{s}.json")
         pan_dir = os.path.join(droot, f"panoptic_{s}")
         if s != "val2017_100":  # Mask2Former's panoptic_semseg_*: 0..132
-            write_semantic_from_panoptic(pan_json, pan_dir,
-                                         os.path.join(droot, f"panoptic_semseg_{s}"), cats)
+            write_semantic_from_panoptic(
+                pan_json, pan_dir, os.path.join(droot, f"panoptic_semseg_{s}"), cats
+            )
         # detectron2's panoptic_stuff_* (the "separated" registration): things 0, stuff 1..53
-        write_semantic_from_panoptic(pan_json, pan_dir, os.path.join(droot, f"panoptic_stuff_{s}"),
-                                     cats, things_as_zero=True)
+        write_semantic_from_panoptic(
+            pan_json, pan_dir, os.path.join(droot, f"panoptic_stuff_{s}"), cats, things_as_zero=True
+        )
     return written, {
         "detectron2": [
-            "coco_2017_train_panoptic", "coco_2017_val_panoptic", "coco_2017_val_100_panoptic",
-            "coco_2017_train", "coco_2017_val", "coco_2017_val_100",
-            "coco_2017_train_panoptic_separated", "coco_2017_val_panoptic_separated",
-            "coco_2017_val_100_panoptic_separated", "coco_2017_train_panoptic_stuffonly",
-            "coco_2017_val_panoptic_stuffonly", "coco_2017_val_100_panoptic_stuffonly",
+            "coco_2017_train_panoptic",
+            "coco_2017_val_panoptic",
+            "coco_2017_val_100_panoptic",
+            "coco_2017_train",
+            "coco_2017_val",
+            "coco_2017_val_100",
+            "coco_2017_train_panoptic_separated",
+            "coco_2017_val_panoptic_separated",
+            "coco_2017_val_100_panoptic_separated",
+            "coco_2017_train_panoptic_stuffonly",
+            "coco_2017_val_panoptic_stuffonly",
+            "coco_2017_val_100_panoptic_stuffonly",
         ],
         "plugin": ["coco_2017_train_panoptic_with_sem_seg", "coco_2017_val_panoptic_with_sem_seg"],
     }
@@ -366,8 +445,15 @@ def _cityscapes_panoptic(instance_ids, cats):
         iscrowd = int(segment_id < 1000 and bool(by_id[label]["isthing"]))
         mask = instance_ids == segment_id
         pan[mask] = [segment_id % 256, segment_id // 256 % 256, segment_id // 256 // 256]
-        segments.append({"id": int(segment_id), "category_id": int(label),
-                         "area": int(mask.sum()), "bbox": _bbox(mask), "iscrowd": iscrowd})
+        segments.append(
+            {
+                "id": int(segment_id),
+                "category_id": int(label),
+                "area": int(mask.sum()),
+                "bbox": _bbox(mask),
+                "iscrowd": iscrowd,
+            }
+        )
     return pan, segments
 
 
@@ -375,8 +461,9 @@ def _polygons(mask):
     """Outer contours of a (H, W) bool mask as lists of [x, y] points."""
     import cv2
 
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
-                                   cv2.CHAIN_APPROX_SIMPLE)
+    contours, _ = cv2.findContours(
+        mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
     return [c[:, 0, :].tolist() for c in contours if len(c) >= 3]
 
 
@@ -390,9 +477,16 @@ def _write_cityscapes(droot, cfg):
     for c in cats:
         train_id[c["id"]] = c["trainId"]
         color[c["id"]] = c["color"]
-    json_cats = [{"id": c["id"], "name": c["name"], "color": list(c["color"]),
-                  "supercategory": _CITYSCAPES_SUPERCATEGORY[c["id"]], "isthing": c["isthing"]}
-                 for c in cats]
+    json_cats = [
+        {
+            "id": c["id"],
+            "name": c["name"],
+            "color": list(c["color"]),
+            "supercategory": _CITYSCAPES_SUPERCATEGORY[c["id"]],
+            "isthing": c["isthing"],
+        }
+        for c in cats
+    ]
     written = {}
     for split, num in zip(_SPLITS, (cfg["num_train"], cfg["num_val"])):
         image_root = os.path.join(droot, "leftImg8bit", split)
@@ -402,8 +496,16 @@ def _write_cityscapes(droot, cfg):
         images, annotations = [], []
         for index in range(num):
             image, ids, category_of, thing_sids, crowd = _sample(
-                things, stuff, cfg["seed"], split, index, cfg["image_size"], cfg["thing_colors"],
-                cfg["void_prob"], cfg["crowd_prob"])
+                things,
+                stuff,
+                cfg["seed"],
+                split,
+                index,
+                cfg["image_size"],
+                cfg["thing_colors"],
+                cfg["void_prob"],
+                cfg["crowd_prob"],
+            )
             cities = _CITYSCAPES_CITIES[split]
             city = cities[index % len(cities)]
             stem = f"{city}_{index // len(cities):06d}_000019"
@@ -428,8 +530,9 @@ def _write_cityscapes(droot, cfg):
             Image.fromarray(instance_ids.astype(np.uint16)).save(gt + "instanceIds.png")
             Image.fromarray(label_ids).save(gt + "labelIds.png")
             Image.fromarray(train_id[label_ids]).save(gt + "labelTrainIds.png")
-            rgba = np.concatenate([color[label_ids], np.full(label_ids.shape + (1,), 255,
-                                                             np.uint8)], axis=2)
+            rgba = np.concatenate(
+                [color[label_ids], np.full(label_ids.shape + (1,), 255, np.uint8)], axis=2
+            )
             Image.fromarray(rgba, "RGBA").save(gt + "color.png")
             h, w = label_ids.shape
             objects = []
@@ -440,29 +543,59 @@ def _write_cityscapes(droot, cfg):
                     name += "group"
                 for poly in _polygons(instance_ids == segment_id):
                     objects.append({"label": name, "polygon": poly})
-            _save_json({"imgHeight": h, "imgWidth": w, "objects": objects},
-                       gt + "polygons.json", indent=4)
+            _save_json(
+                {"imgHeight": h, "imgWidth": w, "objects": objects}, gt + "polygons.json", indent=4
+            )
             # Panoptic files, from instanceIds as createPanopticImgs makes them.
             pan, segments = _cityscapes_panoptic(instance_ids, cats)
             Image.fromarray(pan).save(os.path.join(pan_dir, stem + "_gtFine_panoptic.png"))
             # createPanopticImgs names the image "<stem>_gtFine_leftImg8bit.png" (sic) and lists
             # the files in the sorted order of their instanceIds paths.
             order_key = os.path.join(city, stem + "_gtFine_instanceIds.png")
-            images.append((order_key, {"id": stem, "width": w, "height": h,
-                                       "file_name": stem + "_gtFine_leftImg8bit.png"}))
-            annotations.append((order_key, {"image_id": stem,
-                                            "file_name": stem + "_gtFine_panoptic.png",
-                                            "segments_info": segments}))
+            images.append(
+                (
+                    order_key,
+                    {
+                        "id": stem,
+                        "width": w,
+                        "height": h,
+                        "file_name": stem + "_gtFine_leftImg8bit.png",
+                    },
+                )
+            )
+            annotations.append(
+                (
+                    order_key,
+                    {
+                        "image_id": stem,
+                        "file_name": stem + "_gtFine_panoptic.png",
+                        "segments_info": segments,
+                    },
+                )
+            )
         images = [im for _, im in sorted(images, key=lambda x: x[0])]
         annotations = [a for _, a in sorted(annotations, key=lambda x: x[0])]
         pan_json = os.path.join(droot, "gtFine", f"cityscapes_panoptic_{split}.json")
-        _save_json({"images": images, "annotations": annotations, "categories": json_cats},
-                   pan_json, sort_keys=True, indent=4)
-        written[split] = {"image_root": image_root, "gt_root": gt_root, "panoptic_root": pan_dir,
-                          "panoptic_json": pan_json, "num_images": num}
+        _save_json(
+            {"images": images, "annotations": annotations, "categories": json_cats},
+            pan_json,
+            sort_keys=True,
+            indent=4,
+        )
+        written[split] = {
+            "image_root": image_root,
+            "gt_root": gt_root,
+            "panoptic_root": pan_dir,
+            "panoptic_json": pan_json,
+            "num_images": num,
+        }
     return written, {
-        "detectron2": ["cityscapes_fine_panoptic_train", "cityscapes_fine_panoptic_val",
-                       "cityscapes_fine_sem_seg_train", "cityscapes_fine_sem_seg_val"],
+        "detectron2": [
+            "cityscapes_fine_panoptic_train",
+            "cityscapes_fine_panoptic_val",
+            "cityscapes_fine_sem_seg_train",
+            "cityscapes_fine_sem_seg_val",
+        ],
         "plugin": [],
     }
 
@@ -485,8 +618,15 @@ def _ade20k_panoptic(semantic, instance, json_cats, instance_to_category, rng):
         if cid < 0 or by_id[cid]["isthing"]:
             continue
         mask = sem_cat == cid
-        segments.append({"id": new_id(cid), "category_id": cid, "area": int(mask.sum()),
-                         "bbox": _bbox(mask), "iscrowd": 0})
+        segments.append(
+            {
+                "id": new_id(cid),
+                "category_id": cid,
+                "area": int(mask.sum()),
+                "bbox": _bbox(mask),
+                "iscrowd": 0,
+            }
+        )
         pan_ids[mask] = segments[-1]["id"]
     for k in np.unique(instance[..., 1]).tolist():
         if k == 0:
@@ -494,8 +634,15 @@ def _ade20k_panoptic(semantic, instance, json_cats, instance_to_category, rng):
         mask = instance[..., 1] == k
         (inst_cat,) = np.unique(instance[..., 0][mask]).tolist()
         cid = instance_to_category[inst_cat]
-        segments.append({"id": new_id(cid), "category_id": cid, "area": int(mask.sum()),
-                         "bbox": _bbox(mask), "iscrowd": 0})
+        segments.append(
+            {
+                "id": new_id(cid),
+                "category_id": cid,
+                "area": int(mask.sum()),
+                "bbox": _bbox(mask),
+                "iscrowd": 0,
+            }
+        )
         pan_ids[mask] = segments[-1]["id"]
     return id2rgb(pan_ids), segments
 
@@ -505,15 +652,24 @@ def _write_ade20k(droot, cfg):
 
     cats = _categories("ade20k")
     things, stuff = _scene_classes("ade20k", cats)
-    json_cats = [{"name": c["name"], "id": c["id"], "isthing": c["isthing"],
-                  "color": _ADE20K_JSON_COLOR.get(c["id"], list(c["color"]))} for c in cats]
+    json_cats = [
+        {
+            "name": c["name"],
+            "id": c["id"],
+            "isthing": c["isthing"],
+            "color": _ADE20K_JSON_COLOR.get(c["id"], list(c["color"])),
+        }
+        for c in cats
+    ]
     category_to_instance = {c["id"]: i + 1 for i, c in enumerate(ADE20K_INSTANCE_CATEGORIES)}
     instance_to_category = {v: k for k, v in category_to_instance.items()}
     written = {}
     for split, num in zip(_SPLITS, (cfg["num_train"], cfg["num_val"])):
         d = _ADE20K_DIRS[split]
-        dirs = {k: os.path.join(droot, k, d) for k in
-                ("images", "annotations", "annotations_instance", "annotations_detectron2")}
+        dirs = {
+            k: os.path.join(droot, k, d)
+            for k in ("images", "annotations", "annotations_instance", "annotations_detectron2")
+        }
         pan_dir = os.path.join(droot, f"ade20k_panoptic_{split}")
         for p in list(dirs.values()) + [pan_dir]:
             os.makedirs(p)
@@ -521,8 +677,16 @@ def _write_ade20k(droot, cfg):
         ann_id = 1
         for index in range(num):
             image, ids, category_of, thing_sids, _ = _sample(
-                things, stuff, cfg["seed"], split, index, cfg["image_size"], cfg["thing_colors"],
-                cfg["void_prob"], 0.0)
+                things,
+                stuff,
+                cfg["seed"],
+                split,
+                index,
+                cfg["image_size"],
+                cfg["thing_colors"],
+                cfg["void_prob"],
+                0.0,
+            )
             stem = f"ADE_{split}_{index + 1:08d}"
             h, w = ids.shape
             # Raw files as distributed: semantic class + 1 (0 = other), instance PNG with the
@@ -537,18 +701,22 @@ def _write_ade20k(droot, cfg):
                 instance[mask, 1] = k
             Image.fromarray(image).save(os.path.join(dirs["images"], stem + ".jpg"), quality=95)
             Image.fromarray(semantic).save(os.path.join(dirs["annotations"], stem + ".png"))
-            Image.fromarray(instance).save(os.path.join(dirs["annotations_instance"],
-                                                        stem + ".png"))
+            Image.fromarray(instance).save(
+                os.path.join(dirs["annotations_instance"], stem + ".png")
+            )
             # prepare_ade20k_sem_seg.py: class - 1, so that "other" (0) wraps to 255.
             Image.fromarray(semantic - np.uint8(1)).save(
-                os.path.join(dirs["annotations_detectron2"], stem + ".png"))
+                os.path.join(dirs["annotations_detectron2"], stem + ".png")
+            )
             id_rng = np.random.default_rng([cfg["seed"], _SPLITS.index(split), index, 2])
-            pan, segments = _ade20k_panoptic(semantic, instance, json_cats, instance_to_category,
-                                             id_rng)
+            pan, segments = _ade20k_panoptic(
+                semantic, instance, json_cats, instance_to_category, id_rng
+            )
             Image.fromarray(pan).save(os.path.join(pan_dir, stem + ".png"))
             images.append({"id": stem, "file_name": stem + ".jpg", "width": w, "height": h})
-            pan_anns.append({"image_id": stem, "file_name": stem + ".png",
-                             "segments_info": segments})
+            pan_anns.append(
+                {"image_id": stem, "file_name": stem + ".png", "segments_info": segments}
+            )
             # prepare_ade20k_ins_seg.py: one COCO annotation per instance, compressed RLE.
             for k in np.unique(instance[..., 1]).tolist():
                 if k == 0:
@@ -560,13 +728,26 @@ def _write_ade20k(droot, cfg):
         pan_json = os.path.join(droot, f"ade20k_panoptic_{split}.json")
         inst_json = os.path.join(droot, f"ade20k_instance_{split}.json")
         _save_json({"images": images, "annotations": pan_anns, "categories": json_cats}, pan_json)
-        _save_json({"images": images, "categories": [dict(c) for c in ADE20K_INSTANCE_CATEGORIES],
-                    "annotations": inst_anns}, inst_json)
-        written[split] = {"image_root": dirs["images"], "panoptic_root": pan_dir,
-                          "panoptic_json": pan_json, "sem_seg_root": dirs["annotations_detectron2"],
-                          "instances_json": inst_json, "num_images": num}
-    return written, {"detectron2": ["ade20k_sem_seg_train", "ade20k_sem_seg_val"],
-                     "plugin": ["ade20k_panoptic_train", "ade20k_panoptic_val"]}
+        _save_json(
+            {
+                "images": images,
+                "categories": [dict(c) for c in ADE20K_INSTANCE_CATEGORIES],
+                "annotations": inst_anns,
+            },
+            inst_json,
+        )
+        written[split] = {
+            "image_root": dirs["images"],
+            "panoptic_root": pan_dir,
+            "panoptic_json": pan_json,
+            "sem_seg_root": dirs["annotations_detectron2"],
+            "instances_json": inst_json,
+            "num_images": num,
+        }
+    return written, {
+        "detectron2": ["ade20k_sem_seg_train", "ade20k_sem_seg_val"],
+        "plugin": ["ade20k_panoptic_train", "ade20k_panoptic_val"],
+    }
 
 
 # ----------------------------------------------------------------------------- custom
@@ -595,28 +776,50 @@ def _write_custom(droot, cfg):
         images, pan_anns, inst_anns = [], [], []
         for index in range(num):
             image, ids, category_of, _, crowd = _sample(
-                things, stuff, cfg["seed"], split, index, cfg["image_size"], cfg["thing_colors"],
-                cfg["void_prob"], cfg["crowd_prob"])
+                things,
+                stuff,
+                cfg["seed"],
+                split,
+                index,
+                cfg["image_size"],
+                cfg["thing_colors"],
+                cfg["void_prob"],
+                cfg["crowd_prob"],
+            )
             image_id = (100 if split == "train" else 5000) + 3 * index
             stem = f"scene_{image_id:05d}"
             segments = segments_from_ids(ids, category_of, {s: 1 for s in crowd})
             h, w = ids.shape
-            Image.fromarray(image).save(os.path.join(paths["image_root"], stem + ".jpg"),
-                                        quality=95)
+            Image.fromarray(image).save(
+                os.path.join(paths["image_root"], stem + ".jpg"), quality=95
+            )
             Image.fromarray(id2rgb(ids)).save(os.path.join(paths["panoptic_root"], stem + ".png"))
             images.append({"id": image_id, "file_name": stem + ".jpg", "height": h, "width": w})
-            pan_anns.append({"image_id": image_id, "file_name": stem + ".png",
-                             "segments_info": segments})
+            pan_anns.append(
+                {"image_id": image_id, "file_name": stem + ".png", "segments_info": segments}
+            )
             for seg in segments:
                 if isthing[seg["category_id"]]:
-                    inst_anns.append(_instance_annotation(ids == seg["id"], len(inst_anns) + 1,
-                                                          image_id, seg["category_id"],
-                                                          seg["iscrowd"]))
-        _save_json({"images": images, "annotations": pan_anns, "categories": cats},
-                   paths["panoptic_json"])
-        _save_json({"images": images, "annotations": inst_anns,
-                    "categories": [{"id": c["id"], "name": c["name"]} for c in cats
-                                   if c["isthing"]]}, paths["instances_json"])
+                    inst_anns.append(
+                        _instance_annotation(
+                            ids == seg["id"],
+                            len(inst_anns) + 1,
+                            image_id,
+                            seg["category_id"],
+                            seg["iscrowd"],
+                        )
+                    )
+        _save_json(
+            {"images": images, "annotations": pan_anns, "categories": cats}, paths["panoptic_json"]
+        )
+        _save_json(
+            {
+                "images": images,
+                "annotations": inst_anns,
+                "categories": [{"id": c["id"], "name": c["name"]} for c in cats if c["isthing"]],
+            },
+            paths["instances_json"],
+        )
         written[split] = {**paths, "num_images": num}
     return written, {"detectron2": [], "plugin": []}
 
@@ -671,8 +874,14 @@ def register_custom_panoptic(name, root):
                 continue
             DatasetCatalog.remove(split_name)
             MetadataCatalog.remove(split_name)
-        register_coco_panoptic(split_name, custom_panoptic_metadata(), p["image_root"],
-                               p["panoptic_root"], p["panoptic_json"], p["instances_json"])
+        register_coco_panoptic(
+            split_name,
+            custom_panoptic_metadata(),
+            p["image_root"],
+            p["panoptic_root"],
+            p["panoptic_json"],
+            p["instances_json"],
+        )
     return tuple(names)
 
 
@@ -686,7 +895,9 @@ _WRITERS = {
 }
 # Top-level entries of the layout folder that write_layout owns (removed before a rewrite).
 _OWNED = {
-    "coco": None, "cityscapes": None, "ade20k": None,  # the whole folder
+    "coco": None,
+    "cityscapes": None,
+    "ade20k": None,  # the whole folder
     "custom": ("images", "panoptic", "annotations"),
 }
 
@@ -711,17 +922,31 @@ def _check_args(layout, num_train, num_val, image_size, thing_colors, void_prob,
 
 
 def _relative(written, droot):
-    return {split: {k: os.path.relpath(v, droot) if isinstance(v, str) else v
-                    for k, v in paths.items()} for split, paths in written.items()}
+    return {
+        split: {k: os.path.relpath(v, droot) if isinstance(v, str) else v for k, v in paths.items()}
+        for split, paths in written.items()
+    }
 
 
 def _absolute(written, droot):
-    return {split: {k: os.path.join(droot, v) if isinstance(v, str) else v
-                    for k, v in paths.items()} for split, paths in written.items()}
+    return {
+        split: {k: os.path.join(droot, v) if isinstance(v, str) else v for k, v in paths.items()}
+        for split, paths in written.items()
+    }
 
 
-def write_layout(root, layout, num_train, num_val, image_size=(128, 192), seed=0,
-                 thing_colors="random", overwrite=False, void_prob=0.3, crowd_prob=None):
+def write_layout(
+    root,
+    layout,
+    num_train,
+    num_val,
+    image_size=(128, 192),
+    seed=0,
+    thing_colors="random",
+    overwrite=False,
+    void_prob=0.3,
+    crowd_prob=None,
+):
     """Write a small synthetic data set in the on-disk layout of a real one.
 
     Args:
@@ -749,15 +974,21 @@ def write_layout(root, layout, num_train, num_val, image_size=(128, 192), seed=0
     """
     if crowd_prob is None:
         crowd_prob = _DEFAULT_CROWD_PROB.get(layout, 0.0)
-    lo, hi = _check_args(layout, num_train, num_val, image_size, thing_colors, void_prob,
-                         crowd_prob)
+    lo, hi = _check_args(
+        layout, num_train, num_val, image_size, thing_colors, void_prob, crowd_prob
+    )
     root = os.fspath(root)
     subdir, writer = _WRITERS[layout]
     droot = os.path.join(root, subdir) if subdir else root
     cfg = {
-        "version": _FORMAT_VERSION, "layout": layout, "num_train": int(num_train),
-        "num_val": int(num_val), "image_size": [lo, hi], "seed": int(seed),
-        "thing_colors": thing_colors, "void_prob": float(void_prob),
+        "version": _FORMAT_VERSION,
+        "layout": layout,
+        "num_train": int(num_train),
+        "num_val": int(num_val),
+        "image_size": [lo, hi],
+        "seed": int(seed),
+        "thing_colors": thing_colors,
+        "void_prob": float(void_prob),
         "crowd_prob": float(crowd_prob),
     }
     marker = os.path.join(droot, _MARKER)
@@ -766,8 +997,10 @@ def write_layout(root, layout, num_train, num_val, image_size=(128, 192), seed=0
         with open(marker) as f:
             old = json.load(f)
     elif os.path.isdir(droot) and os.listdir(droot):
-        raise FileExistsError(f"{droot} exists and was not written by write_layout (no {_MARKER});"
-                              " refusing to write into it")
+        raise FileExistsError(
+            f"{droot} exists and was not written by write_layout (no {_MARKER});"
+            " refusing to write into it"
+        )
     if old is not None and old.get("complete") and old.get("args") == cfg and not overwrite:
         written, names = None, None
         generated = False
@@ -782,12 +1015,25 @@ def write_layout(root, layout, num_train, num_val, image_size=(128, 192), seed=0
         _save_json({"args": cfg, "complete": False}, marker)
         logger.info("Writing a synthetic %s layout to %s (%s)", layout, droot, cfg)
         written, names = writer(droot, cfg)
-        _save_json({"args": cfg, "complete": True, "written": _relative(written, droot),
-                    "dataset_names": names}, marker)
+        _save_json(
+            {
+                "args": cfg,
+                "complete": True,
+                "written": _relative(written, droot),
+                "dataset_names": names,
+            },
+            marker,
+        )
         generated = True
     if written is None:
         with open(marker) as f:
             done = json.load(f)
         written, names = _absolute(done["written"], droot), done["dataset_names"]
-    return {"layout": layout, "root": root, "dataset_root": droot, "generated": generated,
-            **written, "dataset_names": names}
+    return {
+        "layout": layout,
+        "root": root,
+        "dataset_root": droot,
+        "generated": generated,
+        **written,
+        "dataset_names": names,
+    }

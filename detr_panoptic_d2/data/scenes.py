@@ -125,13 +125,15 @@ def segments_from_ids(ids, category_of, iscrowd_of=None):
             continue
         ys, xs = np.nonzero(ids == sid)
         x0, y0 = int(xs.min()), int(ys.min())
-        segments.append({
-            "id": int(sid),
-            "category_id": int(category_of[sid]),
-            "iscrowd": int((iscrowd_of or {}).get(sid, 0)),
-            "area": int(len(xs)),
-            "bbox": [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1],
-        })
+        segments.append(
+            {
+                "id": int(sid),
+                "category_id": int(category_of[sid]),
+                "iscrowd": int((iscrowd_of or {}).get(sid, 0)),
+                "area": int(len(xs)),
+                "bbox": [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1],
+            }
+        )
     return segments
 
 
@@ -235,11 +237,13 @@ def draw_scene(
     for sid in present:
         ys, xs = np.nonzero(ids == sid)
         x0, y0 = int(xs.min()), int(ys.min())
-        segments.append({
-            "id": sid,
-            "category_id": category_of[sid],
-            "iscrowd": 0,
-            "area": int(len(xs)),
-            "bbox": [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1],
-        })
+        segments.append(
+            {
+                "id": sid,
+                "category_id": category_of[sid],
+                "iscrowd": 0,
+                "area": int(len(xs)),
+                "bbox": [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1],
+            }
+        )
     return Scene(rgb, ids, segments)

@@ -90,8 +90,14 @@ def _make_sample(rng, lo, hi, thing_colors="class"):
     (H, W), segments_info)."""
     things = [{**c, "shape": c["name"]} for c in _THINGS]
     return draw_scene(
-        rng, (lo, hi), things, _STUFF, thing_colors=thing_colors, num_things_p=_NUM_THINGS_P,
-        thing_size=_THING_SIZE, min_thing_area=_MIN_THING_AREA,
+        rng,
+        (lo, hi),
+        things,
+        _STUFF,
+        thing_colors=thing_colors,
+        num_things_p=_NUM_THINGS_P,
+        thing_size=_THING_SIZE,
+        min_thing_area=_MIN_THING_AREA,
     )
 
 
@@ -130,7 +136,12 @@ def _write_split(root, split, num_images, lo, hi, seed, thing_colors):
 
 
 def generate_toy_panoptic(
-    root, num_train=400, num_val=200, image_size=(128, 192), seed=0, overwrite=False,
+    root,
+    num_train=400,
+    num_val=200,
+    image_size=(128, 192),
+    seed=0,
+    overwrite=False,
     thing_colors="class",
 ):
     """Write the toy panoptic data set under ``root`` (see the module docstring for the layout).
@@ -181,8 +192,9 @@ def generate_toy_panoptic(
     if not overwrite and complete and old_meta == meta:
         return {**result, "generated": False}
     if old_meta is not None and old_meta != meta:
-        logger.info("Toy data set at %s was made with %s; regenerating with %s", root, old_meta,
-                    meta)
+        logger.info(
+            "Toy data set at %s was made with %s; regenerating with %s", root, old_meta, meta
+        )
     logger.info("Generating toy panoptic data set in %s (%s)", root, meta)
     if os.path.exists(meta_path):
         os.remove(meta_path)  # an interrupted run must not look complete
@@ -236,8 +248,9 @@ def register_toy_panoptic(root, names=("toy_panoptic_train", "toy_panoptic_val")
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
         if not os.path.isfile(p["panoptic_json"]):
-            logger.warning("%s does not exist yet; run generate_toy_panoptic(%r)",
-                           p["panoptic_json"], root)
+            logger.warning(
+                "%s does not exist yet; run generate_toy_panoptic(%r)", p["panoptic_json"], root
+            )
         register_coco_panoptic(
             name, toy_dataset_metadata(), p["image_root"], p["panoptic_root"], p["panoptic_json"]
         )
@@ -261,10 +274,10 @@ def register_toy_panoptic_from_cfg(cfg):
     if not names & set(TOY_DATASET_NAMES):
         return
     toy = cfg.DATASETS.TOY
-    thing_colors = check_thing_colors(toy.get("THING_COLORS", "class"),
-                                      "DATASETS.TOY.THING_COLORS")
+    thing_colors = check_thing_colors(toy.get("THING_COLORS", "class"), "DATASETS.TOY.THING_COLORS")
     if comm.is_main_process():
-        generate_toy_panoptic(toy.ROOT, toy.NUM_TRAIN, toy.NUM_VAL, tuple(toy.IMAGE_SIZE),
-                              thing_colors=thing_colors)
+        generate_toy_panoptic(
+            toy.ROOT, toy.NUM_TRAIN, toy.NUM_VAL, tuple(toy.IMAGE_SIZE), thing_colors=thing_colors
+        )
     comm.synchronize()
     register_toy_panoptic(toy.ROOT, TOY_DATASET_NAMES)

@@ -1,4 +1,5 @@
 """DETR's optimizer: AdamW, a lower learning rate for the backbone, full-model gradient clipping."""
+
 import torch
 
 
@@ -30,7 +31,10 @@ def build_detr_optimizer(cfg, model):
     if name == "ADAMW":
         optimizer_cls, kwargs = torch.optim.AdamW, {"weight_decay": wd}
     elif name == "SGD":
-        optimizer_cls, kwargs = torch.optim.SGD, {"momentum": cfg.SOLVER.MOMENTUM, "weight_decay": wd}
+        optimizer_cls, kwargs = (
+            torch.optim.SGD,
+            {"momentum": cfg.SOLVER.MOMENTUM, "weight_decay": wd},
+        )
     else:
         raise ValueError(f"SOLVER.OPTIMIZER must be ADAMW or SGD, got {cfg.SOLVER.OPTIMIZER!r}")
     clip = cfg.SOLVER.CLIP_GRADIENTS

@@ -1,13 +1,23 @@
 """Detectron2 ``DefaultTrainer`` for DETR panoptic: data loaders with the DETR mapper, evaluators, optimizer."""
+
 import json
 import logging
 import os
 import weakref
 
 from detectron2.data import (
-    MetadataCatalog, build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts,
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
 )
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    create_ddp_model,
+)
 from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator, DatasetEvaluators
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -27,7 +37,9 @@ def load_dataset_dicts(names, filter_empty=False):
         files = []
         for name in names:
             meta = MetadataCatalog.get(name)
-            files.append(f"{name}: {getattr(meta, 'panoptic_json', None) or getattr(meta, 'json_file', '?')}")
+            files.append(
+                f"{name}: {getattr(meta, 'panoptic_json', None) or getattr(meta, 'json_file', '?')}"
+            )
         if isinstance(e, KeyError):
             msg = f"unknown category id {e} (not in the data set's metadata)"
         elif isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)):
@@ -37,7 +49,9 @@ def load_dataset_dicts(names, filter_empty=False):
         text = f"cannot load data set {'; '.join(files)}: {msg}"
         try:
             error = type(e)(text)
-        except TypeError:  # JSONDecodeError, UnicodeDecodeError, ...: constructors that need more arguments
+        except (
+            TypeError
+        ):  # JSONDecodeError, UnicodeDecodeError, ...: constructors that need more arguments
             error = ValueError(text) if isinstance(e, ValueError) else RuntimeError(text)
         raise error from e
 
@@ -60,8 +74,12 @@ class DetrPanopticTrainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         on_cpu = all(p.device.type == "cpu" for p in model.parameters())
-        model = create_ddp_model(model, broadcast_buffers=False, **({"device_ids": None} if on_cpu else {}))
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        model = create_ddp_model(
+            model, broadcast_buffers=False, **({"device_ids": None} if on_cpu else {})
+        )
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer
+        )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = DetrCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
@@ -72,7 +90,9 @@ class DetrPanopticTrainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         dicts = load_dataset_dicts(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
-        return build_detection_train_loader(cfg, mapper=DetrPanopticDatasetMapper(cfg, True), dataset=dicts)
+        return build_detection_train_loader(
+            cfg, mapper=DetrPanopticDatasetMapper(cfg, True), dataset=dicts
+        )
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

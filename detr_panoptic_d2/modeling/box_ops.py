@@ -1,4 +1,5 @@
 """Box helpers on top of torchvision.ops (DETR predicts normalized cx, cy, w, h)."""
+
 from torchvision.ops import box_convert
 
 

@@ -1,4 +1,5 @@
 """DETR's set criterion: Hungarian-matched classification, box and mask losses."""
+
 import torch
 import torch.nn.functional as F
 from detectron2.utils import comm
@@ -37,16 +38,29 @@ class SetCriterion(nn.Module):
     when labels and boxes are not trained (stage 2: frozen detector), the last layer's class and box losses.
     """
 
-    LOSS_KEYS = {"labels": ("loss_ce",), "boxes": ("loss_bbox", "loss_giou"), "masks": ("loss_mask", "loss_dice")}
+    LOSS_KEYS = {
+        "labels": ("loss_ce",),
+        "boxes": ("loss_bbox", "loss_giou"),
+        "masks": ("loss_mask", "loss_dice"),
+    }
 
     def __init__(
-        self, num_classes, matcher, weight_dict, losses=("labels", "boxes"), num_aux_layers=0, eos_coef=0.1,
-        focal_alpha=0.25, focal_gamma=2.0,
+        self,
+        num_classes,
+        matcher,
+        weight_dict,
+        losses=("labels", "boxes"),
+        num_aux_layers=0,
+        eos_coef=0.1,
+        focal_alpha=0.25,
+        focal_gamma=2.0,
     ):
         super().__init__()
         unknown = set(losses) - set(self.LOSS_KEYS)
         if unknown:
-            raise ValueError(f"SetCriterion: unknown losses {sorted(unknown)}; known: {sorted(self.LOSS_KEYS)}")
+            raise ValueError(
+                f"SetCriterion: unknown losses {sorted(unknown)}; known: {sorted(self.LOSS_KEYS)}"
+            )
         self.num_classes = num_classes
         self.matcher = matcher
         self.losses = tuple(losses)
@@ -57,10 +71,14 @@ class SetCriterion(nn.Module):
         keys = [k for loss in self.losses for k in self.LOSS_KEYS[loss]]
         aux = [k for loss in self.losses if loss != "masks" for k in self.LOSS_KEYS[loss]]
         self.weight_dict = {k: weight_dict[k] for k in keys}
-        self.weight_dict.update({f"{k}_{i}": weight_dict[k] for i in range(num_aux_layers) for k in aux})
+        self.weight_dict.update(
+            {f"{k}_{i}": weight_dict[k] for i in range(num_aux_layers) for k in aux}
+        )
         empty_weight = torch.ones(num_classes + 1)
         empty_weight[-1] = eos_coef
-        self.register_buffer("empty_weight", empty_weight, persistent=False)  # from the config, not checkpoints
+        self.register_buffer(
+            "empty_weight", empty_weight, persistent=False
+        )  # from the config, not checkpoints
 
     @staticmethod
     def matched_query_index(indices):
@@ -73,7 +91,9 @@ class SetCriterion(nn.Module):
         logits = outputs["pred_logits"]  # (B, N, K+1)
         idx = self.matched_query_index(indices)
         target_classes_o = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])
-        target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
+        target_classes = torch.full(
+            logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device
+        )
         target_classes[idx] = target_classes_o.to(logits.device)
         loss_ce = F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight)
         return {"loss_ce": loss_ce}
@@ -83,13 +103,17 @@ class SetCriterion(nn.Module):
         src_boxes = outputs["pred_boxes"][idx]
         target_boxes = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)], dim=0)
         loss_bbox = F.l1_loss(src_boxes, target_boxes, reduction="none").sum() / num_boxes
-        giou = torch.diag(generalized_box_iou(cxcywh_to_xyxy(src_boxes), cxcywh_to_xyxy(target_boxes)))
+        giou = torch.diag(
+            generalized_box_iou(cxcywh_to_xyxy(src_boxes), cxcywh_to_xyxy(target_boxes))
+        )
         return {"loss_bbox": loss_bbox, "loss_giou": (1 - giou).sum() / num_boxes}
 
     def loss_masks(self, pred_masks, targets, indices, num_boxes):
         """pred_masks: (K, h, w) mask logits of the matched queries in ``matched_query_index`` order, bilinearly
         upsampled here to the padded target size."""
-        target_masks = torch.cat([t["masks"][j] for t, (_, j) in zip(targets, indices)]).to(pred_masks)
+        target_masks = torch.cat([t["masks"][j] for t, (_, j) in zip(targets, indices)]).to(
+            pred_masks
+        )
         if pred_masks.shape[0] == 0:
             zero = pred_masks.sum() * 0.0
             return {"loss_mask": zero, "loss_dice": zero}
@@ -98,7 +122,9 @@ class SetCriterion(nn.Module):
         )[:, 0].flatten(1)
         target_masks = target_masks.flatten(1)
         return {
-            "loss_mask": focal_loss(src_masks, target_masks, num_boxes, self.focal_alpha, self.focal_gamma),
+            "loss_mask": focal_loss(
+                src_masks, target_masks, num_boxes, self.focal_alpha, self.focal_gamma
+            ),
             "loss_dice": dice_loss(src_masks, target_masks, num_boxes),
         }
 

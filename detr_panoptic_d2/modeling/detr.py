@@ -17,7 +17,9 @@ class MLP(nn.Module):
     def __init__(self, input_dim, hidden_dim, output_dim, num_layers):
         super().__init__()
         h = [hidden_dim] * (num_layers - 1)
-        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip([input_dim] + h, h + [output_dim]))
+        self.layers = nn.ModuleList(
+            nn.Linear(n, k) for n, k in zip([input_dim] + h, h + [output_dim])
+        )
 
     def forward(self, x):
         for i, layer in enumerate(self.layers):
@@ -38,12 +40,16 @@ class DETR(nn.Module):
     """
 
     @configurable
-    def __init__(self, *, backbone, transformer, num_classes, num_queries, in_feature="res5", aux_loss=True):
+    def __init__(
+        self, *, backbone, transformer, num_classes, num_queries, in_feature="res5", aux_loss=True
+    ):
         super().__init__()
         self.backbone = backbone
         self.in_feature = in_feature
         hidden_dim = transformer.d_model
-        self.input_proj = nn.Conv2d(backbone.output_shape()[in_feature].channels, hidden_dim, kernel_size=1)
+        self.input_proj = nn.Conv2d(
+            backbone.output_shape()[in_feature].channels, hidden_dim, kernel_size=1
+        )
         self.position_embedding = PositionEmbeddingSine(hidden_dim // 2, normalize=True)
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
         self.transformer = transformer
@@ -63,13 +69,21 @@ class DETR(nn.Module):
                 f"(MODEL.RESNETS.OUT_FEATURES gives {sorted(backbone.output_shape())})"
             )
         transformer = Transformer(
-            d_model=d.HIDDEN_DIM, nhead=d.NHEADS, num_encoder_layers=d.ENC_LAYERS,
-            num_decoder_layers=d.DEC_LAYERS, dim_feedforward=d.DIM_FEEDFORWARD, dropout=d.DROPOUT,
+            d_model=d.HIDDEN_DIM,
+            nhead=d.NHEADS,
+            num_encoder_layers=d.ENC_LAYERS,
+            num_decoder_layers=d.DEC_LAYERS,
+            dim_feedforward=d.DIM_FEEDFORWARD,
+            dropout=d.DROPOUT,
             normalize_before=d.PRE_NORM,
         )
         return {
-            "backbone": backbone, "transformer": transformer, "num_classes": d.NUM_CLASSES,
-            "num_queries": d.NUM_OBJECT_QUERIES, "in_feature": d.IN_FEATURE, "aux_loss": d.DEEP_SUPERVISION,
+            "backbone": backbone,
+            "transformer": transformer,
+            "num_classes": d.NUM_CLASSES,
+            "num_queries": d.NUM_OBJECT_QUERIES,
+            "in_feature": d.IN_FEATURE,
+            "aux_loss": d.DEEP_SUPERVISION,
         }
 
     def forward(self, images, padding_mask):
@@ -79,14 +93,21 @@ class DETR(nn.Module):
         mask = downsample_padding_mask(padding_mask, src.shape[-2:])
         pos = self.position_embedding(mask).to(src.dtype)
         src_proj = self.input_proj(src)
-        hs, memory = self.transformer(src_proj, mask, self.query_embed.weight, pos)  # (L, B, N, C), (B, C, h, w)
+        hs, memory = self.transformer(
+            src_proj, mask, self.query_embed.weight, pos
+        )  # (L, B, N, C), (B, C, h, w)
         outputs_class = self.class_embed(hs)
         outputs_coord = self.bbox_embed(hs).sigmoid()
         outputs = {"pred_logits": outputs_class[-1], "pred_boxes": outputs_coord[-1]}
         if self.aux_loss:
             outputs["aux_outputs"] = [
-                {"pred_logits": a, "pred_boxes": b} for a, b in zip(outputs_class[:-1], outputs_coord[:-1])
+                {"pred_logits": a, "pred_boxes": b}
+                for a, b in zip(outputs_class[:-1], outputs_coord[:-1])
             ]
         return outputs, {
-            "box_embed": hs[-1], "memory": memory, "memory_mask": mask, "src_proj": src_proj, "backbone": features,
+            "box_embed": hs[-1],
+            "memory": memory,
+            "memory_mask": mask,
+            "src_proj": src_proj,
+            "backbone": features,
         }

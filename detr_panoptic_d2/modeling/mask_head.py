@@ -4,6 +4,7 @@ DETR's head = multi-head attention maps between each query's box embedding and t
 (``MHAttentionMap``), then an FPN-style upsampler (``MaskHeadSmallConv``) over res4, res3, res2 that gives
 one mask logit map per query at stride 4.
 """
+
 import torch
 import torch.nn.functional as F
 from detectron2.utils.registry import Registry
@@ -31,7 +32,9 @@ class MHAttentionMap(nn.Module):
     attention is 1 rather than 1 / (M h w); DETR's head leaves them summing to 1.
     """
 
-    def __init__(self, query_dim, hidden_dim, num_heads, dropout=0.0, bias=True, scale_to_uniform=False):
+    def __init__(
+        self, query_dim, hidden_dim, num_heads, dropout=0.0, bias=True, scale_to_uniform=False
+    ):
         super().__init__()
         self.num_heads = num_heads
         self.scale_to_uniform = scale_to_uniform
@@ -93,8 +96,11 @@ class MaskHeadSmallConv(nn.Module):
         batch_idx: (K,) image of each row. Returns (K, 1, H_3, W_3)."""
         x = F.relu(self.gn1(self.lay1(x)))
         x = F.relu(self.gn2(self.lay2(x)))
-        blocks = ((self.adapter1, self.lay3, self.gn3), (self.adapter2, self.lay4, self.gn4),
-                  (self.adapter3, self.lay5, self.gn5))
+        blocks = (
+            (self.adapter1, self.lay3, self.gn3),
+            (self.adapter2, self.lay4, self.gn4),
+            (self.adapter3, self.lay5, self.gn5),
+        )
         for fpn, (adapter, lay, gn) in zip(fpns, blocks):
             cur_fpn = adapter(fpn)
             if cur_fpn.shape[0] > 1:  # one image broadcasts over its queries without a copy
@@ -114,27 +120,47 @@ class DetrMaskHead(nn.Module):
 
     def __init__(self, cfg, input_shape):
         super().__init__()
-        hidden_dim, nheads = cfg.MODEL.DETR.HIDDEN_DIM, cfg.MODEL.DETR.NHEADS  # checked by validate_config
+        hidden_dim, nheads = (
+            cfg.MODEL.DETR.HIDDEN_DIM,
+            cfg.MODEL.DETR.NHEADS,
+        )  # checked by validate_config
         self.in_features = list(cfg.MODEL.MASK_HEAD.IN_FEATURES)
         missing = [f for f in self.in_features if f not in input_shape]
         if missing:
-            raise ValueError(f"MODEL.MASK_HEAD.IN_FEATURES {missing} are not backbone outputs ({sorted(input_shape)})")
+            raise ValueError(
+                f"MODEL.MASK_HEAD.IN_FEATURES {missing} are not backbone outputs ({sorted(input_shape)})"
+            )
         fpn_dims = [input_shape[f].channels for f in self.in_features]
         self.bbox_attention = MHAttentionMap(
-            hidden_dim, hidden_dim, nheads, dropout=0.0, scale_to_uniform=cfg.MODEL.MASK_HEAD.SCALE_ATTENTION_MAPS
+            hidden_dim,
+            hidden_dim,
+            nheads,
+            dropout=0.0,
+            scale_to_uniform=cfg.MODEL.MASK_HEAD.SCALE_ATTENTION_MAPS,
         )
         self.mask_head = MaskHeadSmallConv(hidden_dim + nheads, fpn_dims, hidden_dim)
 
     def forward(self, features, batch_idx, query_idx):
         """features: ``DETR.forward``'s feature dict; batch_idx, query_idx: (K,) image and query of each row.
         Returns (K, H/4, W/4) mask logits, in the order of the rows."""
-        box_embed, memory, memory_mask = features["box_embed"], features["memory"], features["memory_mask"]
+        box_embed, memory, memory_mask = (
+            features["box_embed"],
+            features["memory"],
+            features["memory_mask"],
+        )
         fpns = [features["backbone"][f] for f in self.in_features]
         rows = []
         for b in range(box_embed.shape[0]):
             sel = (batch_idx == b).nonzero()[:, 0]
             if len(sel):
-                rows.append((sel, self.bbox_attention(box_embed[b, query_idx[sel]], memory[b], memory_mask[b])))
+                rows.append(
+                    (
+                        sel,
+                        self.bbox_attention(
+                            box_embed[b, query_idx[sel]], memory[b], memory_mask[b]
+                        ),
+                    )
+                )
         if not rows:
             return box_embed.new_zeros((0, *self.output_size(features)))
         order = torch.cat([sel for sel, _ in rows])

@@ -1,4 +1,5 @@
 """Hungarian matching between predictions and targets (DETR's bipartite assignment)."""
+
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
@@ -39,11 +40,14 @@ class HungarianMatcher(nn.Module):
         cost_class = -out_prob[:, tgt_ids]
         cost_bbox = torch.cdist(out_bbox, tgt_bbox, p=1)
         cost_giou = -generalized_box_iou(cxcywh_to_xyxy(out_bbox), cxcywh_to_xyxy(tgt_bbox))
-        cost = self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
+        cost = (
+            self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
+        )
         cost = cost.view(bs, num_queries, -1).cpu()
 
         sizes = [len(t["boxes"]) for t in targets]
         indices = [linear_sum_assignment(c[i]) for i, c in enumerate(cost.split(sizes, -1))]
         return [
-            (torch.as_tensor(i, dtype=torch.int64), torch.as_tensor(j, dtype=torch.int64)) for i, j in indices
+            (torch.as_tensor(i, dtype=torch.int64), torch.as_tensor(j, dtype=torch.int64))
+            for i, j in indices
         ]

@@ -60,7 +60,15 @@ class DetrPanoptic(nn.Module):
 
     @configurable
     def __init__(
-        self, *, detr, criterion, postprocessor, pixel_mean, pixel_std, mask_head=None, frozen_weights="",
+        self,
+        *,
+        detr,
+        criterion,
+        postprocessor,
+        pixel_mean,
+        pixel_std,
+        mask_head=None,
+        frozen_weights="",
         train_matched_only=True,
     ):
         super().__init__()
@@ -83,21 +91,37 @@ class DetrPanoptic(nn.Module):
         detr = DETR(cfg)
         mask_head = build_mask_head(cfg, detr.backbone.output_shape())
         stage2 = bool(d.FROZEN_WEIGHTS)
-        weights = {"loss_ce": d.CLASS_WEIGHT, "loss_bbox": d.L1_WEIGHT, "loss_giou": d.GIOU_WEIGHT,
-                   "loss_mask": d.MASK_WEIGHT, "loss_dice": d.DICE_WEIGHT}
+        weights = {
+            "loss_ce": d.CLASS_WEIGHT,
+            "loss_bbox": d.L1_WEIGHT,
+            "loss_giou": d.GIOU_WEIGHT,
+            "loss_mask": d.MASK_WEIGHT,
+            "loss_dice": d.DICE_WEIGHT,
+        }
         criterion = SetCriterion(
-            d.NUM_CLASSES, HungarianMatcher(d.COST_CLASS, d.COST_BBOX, d.COST_GIOU), weights,
-            losses=("masks",) if stage2 else ("labels", "boxes") + (("masks",) if mask_head else ()),
+            d.NUM_CLASSES,
+            HungarianMatcher(d.COST_CLASS, d.COST_BBOX, d.COST_GIOU),
+            weights,
+            losses=("masks",)
+            if stage2
+            else ("labels", "boxes") + (("masks",) if mask_head else ()),
             num_aux_layers=d.DEC_LAYERS - 1 if d.DEEP_SUPERVISION and not stage2 else 0,
-            eos_coef=d.NO_OBJECT_WEIGHT, focal_alpha=d.FOCAL_ALPHA, focal_gamma=d.FOCAL_GAMMA,
+            eos_coef=d.NO_OBJECT_WEIGHT,
+            focal_alpha=d.FOCAL_ALPHA,
+            focal_gamma=d.FOCAL_GAMMA,
         )
         names = list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
         postprocessor = PanopticPostProcessor.from_config(
             cfg, thing_classes_from_metadata(names, d.NUM_CLASSES), mask_head is not None
         )
         return {
-            "detr": detr, "criterion": criterion, "postprocessor": postprocessor, "mask_head": mask_head,
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD, "frozen_weights": d.FROZEN_WEIGHTS,
+            "detr": detr,
+            "criterion": criterion,
+            "postprocessor": postprocessor,
+            "mask_head": mask_head,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "frozen_weights": d.FROZEN_WEIGHTS,
             "train_matched_only": cfg.MODEL.MASK_HEAD.TRAIN_MATCHED_ONLY,
         }
 
@@ -112,14 +136,20 @@ class DetrPanoptic(nn.Module):
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        rename_legacy_keys(state_dict, prefix)  # checkpoints written before the DETR body had its own module
+        rename_legacy_keys(
+            state_dict, prefix
+        )  # checkpoints written before the DETR body had its own module
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def preprocess_image(self, batched_inputs):
         """Normalized images padded to a batch, and the padding mask (B, H_pad, W_pad), True on padding."""
-        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        images = [
+            (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
+        ]
         images = ImageList.from_tensors(images, self.detr.backbone.size_divisibility)
-        mask = torch.ones(images.tensor.shape[0], *images.tensor.shape[-2:], dtype=torch.bool, device=self.device)
+        mask = torch.ones(
+            images.tensor.shape[0], *images.tensor.shape[-2:], dtype=torch.bool, device=self.device
+        )
         for i, (h, w) in enumerate(images.image_sizes):
             mask[i, :h, :w] = False
         return images, mask
@@ -153,10 +183,14 @@ class DetrPanoptic(nn.Module):
             t = {"labels": inst.gt_classes[keep], "boxes": xyxy_to_cxcywh(boxes[keep] / scale)}
             if self.mask_head is not None:
                 if not inst.has("gt_masks"):
-                    raise ValueError(f"the mask head needs 'gt_masks' ({x.get('file_name', '?')} has none)")
+                    raise ValueError(
+                        f"the mask head needs 'gt_masks' ({x.get('file_name', '?')} has none)"
+                    )
                 gm = inst.gt_masks
                 gm = (gm.tensor if hasattr(gm, "tensor") else gm)[keep]
-                t["masks"] = torch.zeros((gm.shape[0], hp, wp), dtype=torch.bool, device=self.device)
+                t["masks"] = torch.zeros(
+                    (gm.shape[0], hp, wp), dtype=torch.bool, device=self.device
+                )
                 t["masks"][:, : gm.shape[1], : gm.shape[2]] = gm
             targets.append(t)
         return targets
@@ -193,6 +227,9 @@ class DetrPanoptic(nn.Module):
                 queries = self.postprocessor.queries_needing_masks(logits).nonzero()[:, 0]
                 mask_logits = self.mask_head(features, torch.full_like(queries, b), queries)
             out_size = (x.get("height", image_size[0]), x.get("width", image_size[1]))
-            results.append(self.postprocessor(logits, boxes, mask_logits, images.tensor.shape[-2:], image_size,
-                                              out_size))
+            results.append(
+                self.postprocessor(
+                    logits, boxes, mask_logits, images.tensor.shape[-2:], image_size, out_size
+                )
+            )
         return results

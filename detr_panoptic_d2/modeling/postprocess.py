@@ -1,5 +1,6 @@
 """Post-processing of DETR's per-query outputs into Detectron2 results: the panoptic merges, vectorized on
 tensors (DETR's, the default, and MaskFormer's score-weighted merge) and thing instances."""
+
 import itertools
 
 import torch
@@ -26,7 +27,9 @@ def upsample_masks(mask_logits, padded_size, image_size):
     then the image is cropped out of the canvas."""
     if mask_logits.shape[0] == 0:
         return mask_logits.new_zeros((0, *image_size))
-    masks = F.interpolate(mask_logits[:, None], size=tuple(padded_size), mode="bilinear", align_corners=False)
+    masks = F.interpolate(
+        mask_logits[:, None], size=tuple(padded_size), mode="bilinear", align_corners=False
+    )
     return masks[:, 0, : image_size[0], : image_size[1]]
 
 
@@ -48,7 +51,9 @@ def _resize_ids(ids, output_size):
     return ids[rows[:, None], cols[None, :]]
 
 
-def panoptic_merge(mask_logits, classes, scores, is_thing, output_size, min_area=4, stuff_merge="first"):
+def panoptic_merge(
+    mask_logits, classes, scores, is_thing, output_size, min_area=4, stuff_merge="first"
+):
     """Merge per-query masks into one panoptic segmentation, as DETR's post-processing behaves.
 
     mask_logits: (Q, H, W) at the processed image size, for the kept queries in query order; classes,
@@ -62,7 +67,9 @@ def panoptic_merge(mask_logits, classes, scores, is_thing, output_size, min_area
     Segment ids are 1..n in query order; 0 is void. Returns (int32 (H_out, W_out), segments_info).
     """
     if stuff_merge not in ("first", "union"):
-        raise ValueError(f"MODEL.DETR.TEST.STUFF_MERGE must be 'first' or 'union', got {stuff_merge!r}")
+        raise ValueError(
+            f"MODEL.DETR.TEST.STUFF_MERGE must be 'first' or 'union', got {stuff_merge!r}"
+        )
     q = mask_logits.shape[0]
     device = mask_logits.device
     # rep[i]: the query whose segment query i's pixels join (itself, or the first stuff query of its class).
@@ -73,7 +80,11 @@ def panoptic_merge(mask_logits, classes, scores, is_thing, output_size, min_area
         rep = torch.where(stuff, same.int().argmax(1), rep)
     alive = torch.ones(q, dtype=torch.bool, device=device)
     # raw: per pixel, the alive query with the highest logit (first one on ties); -1 where none is alive.
-    raw = mask_logits.max(0).indices if q else torch.full(mask_logits.shape[1:], -1, dtype=torch.long, device=device)
+    raw = (
+        mask_logits.max(0).indices
+        if q
+        else torch.full(mask_logits.shape[1:], -1, dtype=torch.long, device=device)
+    )
     relabel = True
     while True:
         relabeled = relabel and q > 0
@@ -108,7 +119,9 @@ def _number_segments(ids, owners, classes, scores, is_thing):
     q = owners.shape[0]
     new_id = torch.zeros(q + 1, dtype=torch.int32, device=ids.device)
     seg_queries = owners.nonzero()[:, 0]
-    new_id[seg_queries] = torch.arange(1, len(seg_queries) + 1, dtype=torch.int32, device=ids.device)
+    new_id[seg_queries] = torch.arange(
+        1, len(seg_queries) + 1, dtype=torch.int32, device=ids.device
+    )
     panoptic = new_id[ids]  # -1 → index q → 0 (void)
     area = torch.bincount(panoptic.flatten().long(), minlength=len(seg_queries) + 1).tolist()
     is_thing_cpu, classes_l, scores_l = is_thing.tolist(), classes.tolist(), scores.tolist()
@@ -125,7 +138,9 @@ def _number_segments(ids, owners, classes, scores, is_thing):
     return panoptic, segments_info
 
 
-def maskformer_merge(mask_logits, classes, scores, is_thing, output_size, min_area=4, overlap_threshold=0.8):
+def maskformer_merge(
+    mask_logits, classes, scores, is_thing, output_size, min_area=4, overlap_threshold=0.8
+):
     """Merge per-query masks as MaskFormer's panoptic inference does (``PANOPTIC_MERGE: "maskformer"``).
 
     Arguments as :func:`panoptic_merge`. Each pixel goes to the query with the highest score x mask
@@ -139,17 +154,25 @@ def maskformer_merge(mask_logits, classes, scores, is_thing, output_size, min_ar
     device = mask_logits.device
     if q == 0:
         void = torch.full(tuple(output_size), -1, dtype=torch.long, device=device)
-        return _number_segments(void, torch.zeros(0, dtype=torch.bool, device=device), classes, scores, is_thing)
+        return _number_segments(
+            void, torch.zeros(0, dtype=torch.bool, device=device), classes, scores, is_thing
+        )
     h, w = mask_logits.shape[1:]
     # (H*W,) the query with the highest score x probability; max(0) is ~2x faster than argmax(0) on CPU
     winner = mask_logits.sigmoid().mul_(scores[:, None, None]).max(0).indices.flatten()
     own = (mask_logits >= 0).flatten(1)  # (Q, H*W): probability >= 0.5
     won_area = torch.bincount(winner, minlength=q)
-    own_area = own.view(torch.uint8).sum(1, dtype=torch.int32)  # not via int64: half the memory traffic
+    own_area = own.view(torch.uint8).sum(
+        1, dtype=torch.int32
+    )  # not via int64: half the memory traffic
     in_segment = own.gather(0, winner[None])[0]  # the winner's own probability is >= 0.5
     seg_area = torch.bincount(winner[in_segment], minlength=q)
     # won / own >= threshold, in double precision as MaskFormer's Python division
-    ok = (own_area > 0) & (seg_area > 0) & (won_area.double() / own_area.clamp(min=1).double() >= overlap_threshold)
+    ok = (
+        (own_area > 0)
+        & (seg_area > 0)
+        & (won_area.double() / own_area.clamp(min=1).double() >= overlap_threshold)
+    )
     # Same-class stuff joins the first surviving query of its class.
     stuff = ~is_thing.to(device)[classes]
     same = (classes[:, None] == classes[None, :]) & stuff[:, None] & stuff[None, :] & ok[None, :]
@@ -195,11 +218,23 @@ class PanopticPostProcessor(nn.Module):
     """
 
     def __init__(
-        self, *, is_thing, has_masks, object_mask_threshold=0.85, min_segment_area=4, merge="detr",
-        stuff_merge="first", overlap_threshold=0.8, panoptic_on=True, instance_on=True, masks_for_kept_only=True,
+        self,
+        *,
+        is_thing,
+        has_masks,
+        object_mask_threshold=0.85,
+        min_segment_area=4,
+        merge="detr",
+        stuff_merge="first",
+        overlap_threshold=0.8,
+        panoptic_on=True,
+        instance_on=True,
+        masks_for_kept_only=True,
     ):
         super().__init__()
-        self.register_buffer("is_thing", is_thing, persistent=False)  # (K,) bool, from the data set metadata
+        self.register_buffer(
+            "is_thing", is_thing, persistent=False
+        )  # (K,) bool, from the data set metadata
         self.has_masks = has_masks
         self.object_mask_threshold = object_mask_threshold
         self.min_segment_area = min_segment_area
@@ -214,9 +249,15 @@ class PanopticPostProcessor(nn.Module):
     def from_config(cls, cfg, is_thing, has_masks):
         t = cfg.MODEL.DETR.TEST
         return cls(
-            is_thing=is_thing, has_masks=has_masks, object_mask_threshold=t.OBJECT_MASK_THRESHOLD,
-            min_segment_area=t.MIN_SEGMENT_AREA, merge=t.PANOPTIC_MERGE, stuff_merge=t.STUFF_MERGE,
-            overlap_threshold=t.OVERLAP_THRESHOLD, panoptic_on=t.PANOPTIC_ON, instance_on=t.INSTANCE_ON,
+            is_thing=is_thing,
+            has_masks=has_masks,
+            object_mask_threshold=t.OBJECT_MASK_THRESHOLD,
+            min_segment_area=t.MIN_SEGMENT_AREA,
+            merge=t.PANOPTIC_MERGE,
+            stuff_merge=t.STUFF_MERGE,
+            overlap_threshold=t.OVERLAP_THRESHOLD,
+            panoptic_on=t.PANOPTIC_ON,
+            instance_on=t.INSTANCE_ON,
             masks_for_kept_only=t.MASKS_FOR_KEPT_ONLY,
         )
 
@@ -252,14 +293,25 @@ class PanopticPostProcessor(nn.Module):
 
         res = {}
         if self.panoptic_on:
-            args = (rows(keep), labels[keep], scores[keep], self.is_thing, out_size, self.min_segment_area)
+            args = (
+                rows(keep),
+                labels[keep],
+                scores[keep],
+                self.is_thing,
+                out_size,
+                self.min_segment_area,
+            )
             if self.merge == "maskformer":
                 res["panoptic_seg"] = maskformer_merge(*args, self.overlap_threshold)
             else:
                 res["panoptic_seg"] = panoptic_merge(*args, self.stuff_merge)
         if self.instance_on:
             res["instances"] = detr_instances(
-                boxes[inst_sel], inst_scores[inst_sel], inst_labels[inst_sel],
-                None if masks is None else rows(inst_sel), image_size, out_size,
+                boxes[inst_sel],
+                inst_scores[inst_sel],
+                inst_labels[inst_sel],
+                None if masks is None else rows(inst_sel),
+                image_size,
+                out_size,
             )
         return res

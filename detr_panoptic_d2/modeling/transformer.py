@@ -3,6 +3,7 @@
 Positional encodings are added to queries and keys at every attention layer, as in the original DETR.
 Sequences are (L, B, C) as in ``torch.nn.MultiheadAttention``'s default layout.
 """
+
 import copy
 
 import torch
@@ -38,7 +39,9 @@ class TransformerEncoderLayer(nn.Module):
         if self.normalize_before:
             src2 = self.norm1(src)
             q = k = _with_pos(src2, pos)
-            src = src + self.dropout1(self.self_attn(q, k, src2, key_padding_mask=src_key_padding_mask)[0])
+            src = src + self.dropout1(
+                self.self_attn(q, k, src2, key_padding_mask=src_key_padding_mask)[0]
+            )
             return src + self.dropout2(self._ffn(self.norm2(src)))
         q = k = _with_pos(src, pos)
         src2 = self.self_attn(q, k, src, key_padding_mask=src_key_padding_mask)[0]
@@ -72,7 +75,9 @@ class TransformerDecoderLayer(nn.Module):
             tgt = tgt + self.dropout1(self.self_attn(q, k, tgt2)[0])
             tgt2 = self.norm2(tgt)
             tgt2 = self.multihead_attn(
-                _with_pos(tgt2, query_pos), _with_pos(memory, pos), memory,
+                _with_pos(tgt2, query_pos),
+                _with_pos(memory, pos),
+                memory,
                 key_padding_mask=memory_key_padding_mask,
             )[0]
             tgt = tgt + self.dropout2(tgt2)
@@ -80,7 +85,10 @@ class TransformerDecoderLayer(nn.Module):
         q = k = _with_pos(tgt, query_pos)
         tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, tgt)[0]))
         tgt2 = self.multihead_attn(
-            _with_pos(tgt, query_pos), _with_pos(memory, pos), memory, key_padding_mask=memory_key_padding_mask
+            _with_pos(tgt, query_pos),
+            _with_pos(memory, pos),
+            memory,
+            key_padding_mask=memory_key_padding_mask,
         )[0]
         tgt = self.norm2(tgt + self.dropout2(tgt2))
         return self.norm3(tgt + self.dropout3(self._ffn(tgt)))
@@ -94,8 +102,14 @@ class Transformer(nn.Module):
     """
 
     def __init__(
-        self, d_model=256, nhead=8, num_encoder_layers=6, num_decoder_layers=6, dim_feedforward=2048,
-        dropout=0.1, normalize_before=False,
+        self,
+        d_model=256,
+        nhead=8,
+        num_encoder_layers=6,
+        num_decoder_layers=6,
+        dim_feedforward=2048,
+        dropout=0.1,
+        normalize_before=False,
     ):
         super().__init__()
         enc = TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, normalize_before)
@@ -128,7 +142,9 @@ class Transformer(nn.Module):
         out = torch.zeros_like(query_pos)
         intermediate = []
         for layer in self.decoder_layers:
-            out = layer(out, memory, memory_key_padding_mask=mask, pos=pos_embed, query_pos=query_pos)
+            out = layer(
+                out, memory, memory_key_padding_mask=mask, pos=pos_embed, query_pos=query_pos
+            )
             intermediate.append(self.decoder_norm(out))
         hs = torch.stack(intermediate)  # (L, N, B, C)
         return hs.transpose(1, 2), memory.permute(1, 2, 0).view(bs, c, h, w)

@@ -1,4 +1,5 @@
 """The benchmark scripts run and print their tables (tiny sizes; the figures themselves are not asserted)."""
+
 import os
 import subprocess
 import sys
@@ -9,8 +10,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _run(script, *args):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
@@ -24,7 +30,9 @@ def test_postprocess_benchmark_prints_one_row_per_kept_count():
 
 @pytest.mark.slow
 def test_inference_benchmark_runs_on_a_small_input():
-    out = _run("bench_inference.py", "--sizes", "96x128", "--kept", "3", "--repeat", "1", "--threads", "1")
+    out = _run(
+        "bench_inference.py", "--sizes", "96x128", "--kept", "3", "--repeat", "1", "--threads", "1"
+    )
     row = [line for line in out.splitlines() if line.strip().startswith("96x128")]
     assert len(row) == 1
     latency, images_per_s, mem = (float(x) for x in row[0].split("|")[2:5])

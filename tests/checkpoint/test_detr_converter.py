@@ -4,15 +4,15 @@ The synthetic original checkpoints are derived from the plugin's own R-50 models
 here independently of the converter (plugin names → DETR names, contiguous rows → COCO-id rows), so a round
 trip must give back the exact weights.
 """
+
 import argparse
 import importlib.util
 import os
 import re
 
+import detectron2.data.datasets  # noqa: F401  (builtin metadata)
 import pytest
 import torch
-
-import detectron2.data.datasets  # noqa: F401  (builtin metadata)
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
@@ -64,7 +64,9 @@ def _randomized(model, seed):
                 v.copy_(torch.rand(v.shape, generator=g) + 0.5)
             elif k.endswith(("running_mean", "bias")):
                 v.copy_(torch.randn(v.shape, generator=g) * 0.05)
-            elif ".norm." in k or re.search(r"(^|\.)(norm\d?|gn\d|decoder_norm|encoder_norm)\.weight$", k):
+            elif ".norm." in k or re.search(
+                r"(^|\.)(norm\d?|gn\d|decoder_norm|encoder_norm)\.weight$", k
+            ):
                 v.copy_(torch.rand(v.shape, generator=g) + 0.5)
             else:
                 v.add_(torch.randn(v.shape, generator=g) * 0.01)
@@ -82,7 +84,9 @@ def _to_torchvision(name):
     stage, block, mod = int(parts[0][3:]), parts[1], parts[2]
     base = f"layer{stage - 1}.{block}."
     if mod == "shortcut":
-        return base + ("downsample.0.weight" if parts[3] == "weight" else "downsample.1." + parts[-1])
+        return base + (
+            "downsample.0.weight" if parts[3] == "weight" else "downsample.1." + parts[-1]
+        )
     j = mod[-1]
     return base + (f"conv{j}.weight" if parts[3] == "weight" else f"bn{j}.{parts[-1]}")
 
@@ -96,13 +100,17 @@ def _to_original(sd, panoptic, gen):
     rows = 251 if panoptic else 92
     out = {}
     for k, v in sd.items():
-        k = k[len("detr."):] if k.startswith("detr.") else k
+        k = k[len("detr.") :] if k.startswith("detr.") else k
         if k.startswith("backbone."):
-            out[p + "backbone.0.body." + _to_torchvision(k[len("backbone."):])] = v.clone()
+            out[p + "backbone.0.body." + _to_torchvision(k[len("backbone.") :])] = v.clone()
         elif k.startswith("transformer.encoder_layers."):
-            out[p + "transformer.encoder.layers." + k[len("transformer.encoder_layers."):]] = v.clone()
+            out[p + "transformer.encoder.layers." + k[len("transformer.encoder_layers.") :]] = (
+                v.clone()
+            )
         elif k.startswith("transformer.decoder_layers."):
-            out[p + "transformer.decoder.layers." + k[len("transformer.decoder_layers."):]] = v.clone()
+            out[p + "transformer.decoder.layers." + k[len("transformer.decoder_layers.") :]] = (
+                v.clone()
+            )
         elif k.startswith("transformer.decoder_norm."):
             out[p + "transformer.decoder.norm." + k.rsplit(".", 1)[1]] = v.clone()
         elif k.startswith("transformer.encoder_norm."):
@@ -114,17 +122,28 @@ def _to_original(sd, panoptic, gen):
             full[rows - 1] = v[-1]
             out[p + k] = full
         elif k.startswith("mask_head.bbox_attention."):
-            out["bbox_attention." + k[len("mask_head.bbox_attention."):]] = v.clone()
+            out["bbox_attention." + k[len("mask_head.bbox_attention.") :]] = v.clone()
         elif k.startswith("mask_head.mask_head."):
-            out["mask_head." + k[len("mask_head.mask_head."):]] = v.clone()
+            out["mask_head." + k[len("mask_head.mask_head.") :]] = v.clone()
         else:  # input_proj, query_embed, bbox_embed
             out[p + k] = v.clone()
     return out
 
 
 def _args(**kw):
-    d = dict(hidden_dim=256, nheads=8, enc_layers=6, dec_layers=6, dim_feedforward=2048, num_queries=100,
-             pre_norm=False, dilation=False, backbone="resnet50", eos_coef=0.1, masks=True)
+    d = dict(
+        hidden_dim=256,
+        nheads=8,
+        enc_layers=6,
+        dec_layers=6,
+        dim_feedforward=2048,
+        num_queries=100,
+        pre_norm=False,
+        dilation=False,
+        backbone="resnet50",
+        eos_coef=0.1,
+        masks=True,
+    )
     d.update(kw)
     return argparse.Namespace(**d)
 
@@ -152,7 +171,13 @@ def _save_original(tmp_path, sd, name="detr.pth", **args):
 
 def _inputs():
     g = torch.Generator().manual_seed(5)
-    return [{"image": torch.randint(0, 256, (3, 54, 78), generator=g, dtype=torch.uint8), "height": 54, "width": 78}]
+    return [
+        {
+            "image": torch.randint(0, 256, (3, 54, 78), generator=g, dtype=torch.uint8),
+            "height": 54,
+            "width": 78,
+        }
+    ]
 
 
 def _raw_outputs(model):
@@ -189,7 +214,12 @@ def test_panoptic_round_trip(panoptic, empty_panoptic_model, tmp_path):
     out_path = str(tmp_path / "converted.pth")
     ckpt, info = convert_detr_checkpoint(src, out_path)
     assert info.kind == "panoptic" and info.metadata == "coco_panoptic"
-    assert (info.num_classes, info.source_num_classes, info.resnet_depth, info.nheads) == (133, 250, 50, 8)
+    assert (info.num_classes, info.source_num_classes, info.resnet_depth, info.nheads) == (
+        133,
+        250,
+        50,
+        8,
+    )
 
     # exact same tensors as the plugin model the checkpoint was derived from
     ref = model.state_dict()
@@ -229,7 +259,9 @@ def test_class_rows_follow_metadata(panoptic):
     assert torch.equal(w_new[0], w_src[1]) and torch.equal(b_new[0], b_src[1])
     c184 = meta.stuff_dataset_id_to_contiguous_id[184]  # a stuff category ("tree-merged")
     assert torch.equal(w_new[c184], w_src[184]) and torch.equal(b_new[c184], b_src[184])
-    assert torch.equal(w_new[-1], w_src[-1]) and torch.equal(b_new[-1], b_src[-1])  # no-object stays last
+    assert torch.equal(w_new[-1], w_src[-1]) and torch.equal(
+        b_new[-1], b_src[-1]
+    )  # no-object stays last
     assert w_new.shape == (134, 256)
 
     # row by row, for every category of both mappings
@@ -244,8 +276,12 @@ def test_class_rows_follow_metadata(panoptic):
 
 def test_unknown_key_is_an_error(panoptic):
     _, original = panoptic
-    for extra in ("detr.transformer.encoder.layers.0.bogus.weight", "detr.foo", "mask_head.lay9.weight",
-                  "detr.backbone.0.body.layer5.0.conv1.weight"):
+    for extra in (
+        "detr.transformer.encoder.layers.0.bogus.weight",
+        "detr.foo",
+        "mask_head.lay9.weight",
+        "detr.backbone.0.body.layer5.0.conv1.weight",
+    ):
         sd = dict(original)
         sd[extra] = torch.zeros(1)
         with pytest.raises(KeyError, match=re.escape(extra)):
@@ -285,7 +321,9 @@ def test_detection_checkpoint_loads_into_stage1_model(tmp_path):
     torch.manual_seed(4)
     model = _randomized(build_model(_cfg(False)).eval(), 6)
     original = _to_original(model.state_dict(), False, torch.Generator().manual_seed(7))
-    assert original["class_embed.weight"].shape[0] == 92 and not any(k.startswith("detr.") for k in original)
+    assert original["class_embed.weight"].shape[0] == 92 and not any(
+        k.startswith("detr.") for k in original
+    )
     src = _save_original(tmp_path, original, dilation=None, masks=False)
     ckpt, info = convert_detr_checkpoint(src)
     assert info.kind == "detection" and info.metadata == "coco_detection" and info.num_classes == 80

@@ -1,31 +1,41 @@
 """Loading checkpoints: the earlier key layout (DETR body at the top of the model) still loads everywhere, and
 DetrCheckpointer fine-tunes onto other classes (class head re-initialized) but rejects any other mismatch."""
+
 import logging
 
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detr_test_utils import build_tiny_model
 
 from detr_panoptic_d2.checkpoint import DetrCheckpointer, rename_legacy_keys
-
-from detr_test_utils import build_tiny_model
 
 
 def _legacy(state):
     """The key layout of checkpoints written before the DETR body had its own module."""
-    return {(k[len("detr."):] if k.startswith("detr.") else k): v for k, v in state.items()}
+    return {(k[len("detr.") :] if k.startswith("detr.") else k): v for k, v in state.items()}
 
 
 def test_rename_rule():
-    state = {"backbone.res2.0.conv1.weight": 1, "class_embed.bias": 2, "mask_head.mask_head.lay1.weight": 3,
-             "detr.query_embed.weight": 4}
+    state = {
+        "backbone.res2.0.conv1.weight": 1,
+        "class_embed.bias": 2,
+        "mask_head.mask_head.lay1.weight": 3,
+        "detr.query_embed.weight": 4,
+    }
     assert rename_legacy_keys(state) == 2
-    assert set(state) == {"detr.backbone.res2.0.conv1.weight", "detr.class_embed.bias",
-                          "mask_head.mask_head.lay1.weight", "detr.query_embed.weight"}
+    assert set(state) == {
+        "detr.backbone.res2.0.conv1.weight",
+        "detr.class_embed.bias",
+        "mask_head.mask_head.lay1.weight",
+        "detr.query_embed.weight",
+    }
     assert rename_legacy_keys(state) == 0  # idempotent
 
 
-@pytest.mark.parametrize("loader", ["load_state_dict", "DetectionCheckpointer", "DetrCheckpointer", "frozen"])
+@pytest.mark.parametrize(
+    "loader", ["load_state_dict", "DetectionCheckpointer", "DetrCheckpointer", "frozen"]
+)
 def test_legacy_layout_loads(tmp_path, loader):
     source = build_tiny_model(mask_head=True, seed=3)
     expected = source.state_dict()
@@ -42,7 +52,9 @@ def test_legacy_layout_loads(tmp_path, loader):
         if loader == "load_state_dict":
             model.load_state_dict(legacy, strict=True)
         else:
-            checkpointer = (DetectionCheckpointer if loader == "DetectionCheckpointer" else DetrCheckpointer)(model)
+            checkpointer = (
+                DetectionCheckpointer if loader == "DetectionCheckpointer" else DetrCheckpointer
+            )(model)
             checkpointer.load(str(path))
     own = model.state_dict()
     assert all(torch.equal(own[k], expected[k]) for k in keys)
@@ -69,6 +81,8 @@ def test_other_shape_mismatch_is_an_error(tmp_path):
     torch.save({"model": source.state_dict()}, path)
     model = build_tiny_model(seed=4)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match=r"detr\.query_embed\.weight.*queries\.pth|queries\.pth.*detr\.query_embed"):
+    with pytest.raises(
+        ValueError, match=r"detr\.query_embed\.weight.*queries\.pth|queries\.pth.*detr\.query_embed"
+    ):
         DetrCheckpointer(model).load(str(path))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing loaded

@@ -1,11 +1,11 @@
 """torchvision ResNet state dict → Detectron2 backbone checkpoint (no network: weights=None models)."""
+
 import importlib.util
 import os
 
 import pytest
 import torch
 import torchvision
-
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
@@ -45,16 +45,19 @@ def _random_bn(model, seed=0):
     return model
 
 
-@pytest.mark.parametrize("src,dst", [
-    ("conv1.weight", "stem.conv1.weight"),
-    ("bn1.running_var", "stem.conv1.norm.running_var"),
-    ("layer1.0.conv3.weight", "res2.0.conv3.weight"),
-    ("layer2.3.bn2.bias", "res3.3.conv2.norm.bias"),
-    ("layer3.0.downsample.0.weight", "res4.0.shortcut.weight"),
-    ("layer4.0.downsample.1.running_mean", "res5.0.shortcut.norm.running_mean"),
-    ("fc.weight", None),
-    ("layer1.0.bn1.num_batches_tracked", None),
-])
+@pytest.mark.parametrize(
+    "src,dst",
+    [
+        ("conv1.weight", "stem.conv1.weight"),
+        ("bn1.running_var", "stem.conv1.norm.running_var"),
+        ("layer1.0.conv3.weight", "res2.0.conv3.weight"),
+        ("layer2.3.bn2.bias", "res3.3.conv2.norm.bias"),
+        ("layer3.0.downsample.0.weight", "res4.0.shortcut.weight"),
+        ("layer4.0.downsample.1.running_mean", "res5.0.shortcut.norm.running_mean"),
+        ("fc.weight", None),
+        ("layer1.0.bn1.num_batches_tracked", None),
+    ],
+)
 def test_rename(src, dst):
     assert rename_torchvision_resnet_key(src) == dst
 
@@ -65,7 +68,7 @@ def test_resnet18_features_equal_torchvision():
     assert not any("fc" in k or "num_batches_tracked" in k for k in sd)
     assert all(k.startswith("detr.backbone.") for k in sd)
     d2 = build_resnet_backbone(_cfg(18), ShapeSpec(channels=3)).eval()
-    d2.load_state_dict({k[len("detr.backbone."):]: v for k, v in sd.items()}, strict=True)
+    d2.load_state_dict({k[len("detr.backbone.") :]: v for k, v in sd.items()}, strict=True)
     x = torch.randn(2, 3, 75, 101)
     with torch.no_grad():
         feats = d2(x)
@@ -98,7 +101,9 @@ def test_checkpoint_loads_as_model_weights(tmp_path):
     src = str(tmp_path / "resnet18.pth")
     torch.save(tv.state_dict(), src)
     out = str(tmp_path / "R-18.pth")
-    spec = importlib.util.spec_from_file_location("tool", os.path.join(ROOT, "tools", "convert_torchvision_resnet.py"))
+    spec = importlib.util.spec_from_file_location(
+        "tool", os.path.join(ROOT, "tools", "convert_torchvision_resnet.py")
+    )
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     assert tool.main(["--source-model", src, "--output-model", out]) == 0
@@ -106,7 +111,14 @@ def test_checkpoint_loads_as_model_weights(tmp_path):
     cfg = _cfg(18)
     cfg.MODEL.META_ARCHITECTURE = "DetrPanoptic"
     d = cfg.MODEL.DETR
-    d.HIDDEN_DIM, d.NHEADS, d.ENC_LAYERS, d.DEC_LAYERS, d.DIM_FEEDFORWARD, d.NUM_OBJECT_QUERIES = 128, 8, 1, 1, 64, 5
+    d.HIDDEN_DIM, d.NHEADS, d.ENC_LAYERS, d.DEC_LAYERS, d.DIM_FEEDFORWARD, d.NUM_OBJECT_QUERIES = (
+        128,
+        8,
+        1,
+        1,
+        64,
+        5,
+    )
     d.NUM_CLASSES = 3
     model = build_model(cfg)
     DetectionCheckpointer(model).load(out)

@@ -115,11 +115,13 @@ def _make_sample(rng, lo, hi):
     for sid in present:
         ys, xs = np.nonzero(ids == sid)
         x0, y0 = int(xs.min()), int(ys.min())
-        segments.append({
-            "id": sid,
-            "category_id": cats[sid]["id"],
-            "iscrowd": 0,
-            "area": int(len(xs)),
-            "bbox": [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1],
-        })
+        segments.append(
+            {
+                "id": sid,
+                "category_id": cats[sid]["id"],
+                "iscrowd": 0,
+                "area": int(len(xs)),
+                "bbox": [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1],
+            }
+        )
     return rgb, ids, segments

@@ -63,25 +63,31 @@ def test_register_twice_and_unknown_names(catalogs, tmp_path):
     root = str(tmp_path)
     assert meta.image_root == os.path.join(root, "ADEChallengeData2016/images/validation")
     assert meta.panoptic_root == os.path.join(root, "ADEChallengeData2016/ade20k_panoptic_val")
-    assert meta.panoptic_json == os.path.join(root,
-                                              "ADEChallengeData2016/ade20k_panoptic_val.json")
+    assert meta.panoptic_json == os.path.join(root, "ADEChallengeData2016/ade20k_panoptic_val.json")
     assert meta.json_file == os.path.join(root, "ADEChallengeData2016/ade20k_instance_val.json")
-    assert (meta.evaluator_type, meta.ignore_label, meta.label_divisor) == \
-        ("ade20k_panoptic_seg", 255, 1000)
+    assert (meta.evaluator_type, meta.ignore_label, meta.label_divisor) == (
+        "ade20k_panoptic_seg",
+        255,
+        1000,
+    )
     meta = MetadataCatalog.get("coco_2017_train_panoptic_with_sem_seg")
     assert meta.sem_seg_root == os.path.join(root, "coco/panoptic_semseg_train2017")
     assert meta.image_root == os.path.join(root, "coco/train2017")
     assert meta.json_file == os.path.join(root, "coco/annotations/instances_train2017.json")
-    assert (meta.evaluator_type, meta.ignore_label, meta.label_divisor) == \
-        ("coco_panoptic_seg", 255, 1000)
+    assert (meta.evaluator_type, meta.ignore_label, meta.label_divisor) == (
+        "coco_panoptic_seg",
+        255,
+        1000,
+    )
 
 
 def test_names_registered_elsewhere_are_left_alone(catalogs, tmp_path):
     DatasetCatalog, MetadataCatalog = catalogs
     # as if mask2former had registered this one already
     DatasetCatalog.register("ade20k_panoptic_val", lambda: ["registered by mask2former"])
-    MetadataCatalog.get("ade20k_panoptic_val").set(evaluator_type="ade20k_panoptic_seg",
-                                                   image_root="/elsewhere")
+    MetadataCatalog.get("ade20k_panoptic_val").set(
+        evaluator_type="ade20k_panoptic_seg", image_root="/elsewhere"
+    )
     # and metadata set by someone for a name nobody registered, with another panoptic_json
     MetadataCatalog.get(COCO[0]).set(panoptic_json="/elsewhere/panoptic.json")
     assert register_plugin_datasets(PLUGIN_DATASET_NAMES, root=tmp_path) == (ADE[0], COCO[1])
@@ -100,7 +106,8 @@ def test_root_defaults_to_detectron2s(catalogs, tmp_path, monkeypatch):
     monkeypatch.delenv("DETECTRON2_DATASETS")
     register_plugin_datasets([ADE[1]])
     assert MetadataCatalog.get(ADE[1]).image_root == os.path.join(
-        "datasets", "ADEChallengeData2016", "images", "validation")
+        "datasets", "ADEChallengeData2016", "images", "validation"
+    )
 
 
 def test_import_registers_nothing():
@@ -111,8 +118,7 @@ def test_import_registers_nothing():
         "from detr_panoptic_d2.data.datasets import PLUGIN_DATASET_NAMES\n"
         "print(json.dumps([n for n in PLUGIN_DATASET_NAMES if n in DatasetCatalog.list()]))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
 
@@ -138,9 +144,11 @@ def test_coco_with_sem_seg_metadata():
     assert meta["thing_classes"] == [c["name"] for c in COCO_CATEGORIES if c["isthing"]]
     assert meta["stuff_classes"] == [c["name"] for c in COCO_CATEGORIES]
     assert meta["stuff_dataset_id_to_contiguous_id"] == {
-        c["id"]: i for i, c in enumerate(COCO_CATEGORIES)}
+        c["id"]: i for i, c in enumerate(COCO_CATEGORIES)
+    }
     assert meta["thing_dataset_id_to_contiguous_id"] == {
-        c["id"]: i for i, c in enumerate(COCO_CATEGORIES) if c["isthing"]}
+        c["id"]: i for i, c in enumerate(COCO_CATEGORIES) if c["isthing"]
+    }
 
 
 def _write_panoptic(root, segments, ids):
@@ -149,9 +157,12 @@ def _write_panoptic(root, segments, ids):
 
     os.makedirs(os.path.join(root, "pan"), exist_ok=True)
     Image.fromarray(id2rgb(ids)).save(os.path.join(root, "pan", "000000000139.png"))
-    data = {"images": [{"id": 139, "file_name": "000000000139.jpg"}],
-            "annotations": [{"image_id": 139, "file_name": "000000000139.png",
-                             "segments_info": segments}]}
+    data = {
+        "images": [{"id": 139, "file_name": "000000000139.jpg"}],
+        "annotations": [
+            {"image_id": 139, "file_name": "000000000139.png", "segments_info": segments}
+        ],
+    }
     path = os.path.join(root, "panoptic.json")
     with open(path, "w") as f:
         json.dump(data, f)
@@ -159,14 +170,21 @@ def _write_panoptic(root, segments, ids):
 
 
 def test_semantic_from_panoptic(tmp_path):
-    cats = [{"id": 1, "isthing": 1}, {"id": 7, "isthing": 0}, {"id": 3, "isthing": 1},
-            {"id": 9, "isthing": 0}]
+    cats = [
+        {"id": 1, "isthing": 1},
+        {"id": 7, "isthing": 0},
+        {"id": 3, "isthing": 1},
+        {"id": 9, "isthing": 0},
+    ]
     ids = np.zeros((4, 5), np.int64)
     ids[0] = 70000
     ids[1] = 12
     ids[2, :3] = 5
-    segments = [{"id": 70000, "category_id": 9}, {"id": 12, "category_id": 3},
-                {"id": 5, "category_id": 7}]
+    segments = [
+        {"id": 70000, "category_id": 9},
+        {"id": 12, "category_id": 3},
+        {"id": 5, "category_id": 7},
+    ]
     want = np.full((4, 5), 255, np.uint8)
     want[0], want[1], want[2, :3] = 3, 2, 1  # index of the category in ``cats``
     assert np.array_equal(semantic_from_panoptic(ids, segments, {1: 0, 7: 1, 3: 2, 9: 3}), want)
@@ -176,12 +194,12 @@ def test_semantic_from_panoptic(tmp_path):
     got = np.asarray(Image.open(tmp_path / "sem" / "000000000139.png"))
     assert got.dtype == np.uint8 and np.array_equal(got, want)
     # detectron2's "separated" labels: things 0, stuff 1, 2, ... in category order
-    write_semantic_from_panoptic(pan_json, tmp_path / "pan", tmp_path / "stuff", cats,
-                                 things_as_zero=True)
+    write_semantic_from_panoptic(
+        pan_json, tmp_path / "pan", tmp_path / "stuff", cats, things_as_zero=True
+    )
     want_sep = np.full((4, 5), 255, np.uint8)
     want_sep[0], want_sep[1], want_sep[2, :3] = 2, 0, 1
-    assert np.array_equal(np.asarray(Image.open(tmp_path / "stuff" / "000000000139.png")),
-                          want_sep)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "stuff" / "000000000139.png")), want_sep)
 
     with pytest.raises(KeyError, match="panoptic.json"):
         write_semantic_from_panoptic(pan_json, tmp_path / "pan", tmp_path / "x", cats[:2])
@@ -204,9 +222,11 @@ def test_prepare_coco_panoptic_semseg(tmp_path, monkeypatch):
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
     assert prepare_coco_panoptic_semseg() == {
         s: os.path.join(out["dataset_root"], f"panoptic_semseg_{s}")
-        for s in ("val2017", "train2017")}
-    assert {f: open(os.path.join(sem_root, f), "rb").read() for f in os.listdir(sem_root)} \
-        == written
+        for s in ("val2017", "train2017")
+    }
+    assert {
+        f: open(os.path.join(sem_root, f), "rb").read() for f in os.listdir(sem_root)
+    } == written
     index = {c["id"]: i for i, c in enumerate(COCO_CATEGORIES)}
     for ann in json.load(open(out["val"]["panoptic_json"]))["annotations"]:
         sem = np.asarray(Image.open(os.path.join(sem_root, ann["file_name"])))
@@ -216,9 +236,16 @@ def test_prepare_coco_panoptic_semseg(tmp_path, monkeypatch):
 
 
 def test_ade20k_loader_names_unknown_categories(tmp_path):
-    data = {"images": [], "annotations": [{"image_id": "ADE_val_00000001",
-                                           "file_name": "ADE_val_00000001.png",
-                                           "segments_info": [{"id": 5, "category_id": 151}]}]}
+    data = {
+        "images": [],
+        "annotations": [
+            {
+                "image_id": "ADE_val_00000001",
+                "file_name": "ADE_val_00000001.png",
+                "segments_info": [{"id": 5, "category_id": 151}],
+            }
+        ],
+    }
     path = tmp_path / "ade20k_panoptic_val.json"
     path.write_text(json.dumps(data))
     with pytest.raises(KeyError, match="ade20k_panoptic_val.json"):

@@ -91,7 +91,9 @@ def test_horizontal_flip(tmp_path):
     out = mapper([T.RandomFlip(prob=1.0, horizontal=True)])(make_sample(tmp_path))
     inst = out["instances"]
     np.testing.assert_array_equal(inst.gt_masks.tensor.numpy(), expected_masks(flip=True))
-    expected_boxes = [[W - x1, y0, W - 1 - x0, y1 - 1] for _, _, cr, (y0, y1, x0, x1) in SEGMENTS if not cr]
+    expected_boxes = [
+        [W - x1, y0, W - 1 - x0, y1 - 1] for _, _, cr, (y0, y1, x0, x1) in SEGMENTS if not cr
+    ]
     assert inst.gt_boxes.tensor.tolist() == expected_boxes
     # the image is flipped too: the red segment moved to the right
     assert out["image"][:, 10, W - 1 - 10].tolist() == [255, 0, 0]
@@ -104,7 +106,9 @@ def test_resize_scales(tmp_path):
     up = expected_masks().repeat(2, axis=1).repeat(2, axis=2)
     np.testing.assert_array_equal(inst.gt_masks.tensor.numpy(), up)
     expected_boxes = [
-        [2 * x0, 2 * y0, 2 * x1 - 1, 2 * y1 - 1] for _, _, cr, (y0, y1, x0, x1) in SEGMENTS if not cr
+        [2 * x0, 2 * y0, 2 * x1 - 1, 2 * y1 - 1]
+        for _, _, cr, (y0, y1, x0, x1) in SEGMENTS
+        if not cr
     ]
     assert inst.gt_boxes.tensor.tolist() == expected_boxes
 
@@ -127,7 +131,10 @@ def test_no_segments(tmp_path):
 
 def test_many_segments_ids_survive(tmp_path):
     # 300 segments of 6x1 pixels: more than a uint8 index map can hold
-    segs = [(100_000 + 7 * i, i % 10, 0, (i // W * 6, i // W * 6 + 6, i % W, i % W + 1)) for i in range(300)]
+    segs = [
+        (100_000 + 7 * i, i % 10, 0, (i // W * 6, i // W * 6 + 6, i % W, i % W + 1))
+        for i in range(300)
+    ]
     out = mapper([T.Resize((2 * H, 2 * W))])(make_sample(tmp_path, segments=segs))
     inst = out["instances"]
     assert len(inst) == 300 and inst.gt_classes.tolist() == [i % 10 for i in range(300)]
@@ -170,7 +177,9 @@ def test_default_training_recipe(tmp_path, seed):
     # same seed, same result
     np.random.seed(seed)
     again = m(d)["instances"]
-    assert torch.equal(again.gt_masks.tensor, masks) and torch.equal(again.gt_classes, inst.gt_classes)
+    assert torch.equal(again.gt_masks.tensor, masks) and torch.equal(
+        again.gt_classes, inst.gt_classes
+    )
 
 
 def test_default_recipe_uses_crop(tmp_path):
@@ -183,7 +192,9 @@ def test_default_recipe_uses_crop(tmp_path):
     for seed in range(10):
         np.random.seed(seed)
         out = m(d)
-        assert torch.equal(out["instances"].gt_boxes.tensor, masks_to_boxes(out["instances"].gt_masks.tensor))
+        assert torch.equal(
+            out["instances"].gt_boxes.tensor, masks_to_boxes(out["instances"].gt_masks.tensor)
+        )
         h, w = out["image"].shape[1:]
         shapes.add(round(w / h, 2))
     assert len(shapes) > 1  # random crops change the aspect ratio (a plain resize keeps 4:3)
@@ -226,7 +237,9 @@ def test_bad_category(tmp_path, bad):
 
 def test_empty_image(tmp_path, monkeypatch):
     d = make_sample(tmp_path)
-    monkeypatch.setattr(detection_utils, "read_image", lambda f, format=None: np.zeros((0, 0, 3), np.uint8))
+    monkeypatch.setattr(
+        detection_utils, "read_image", lambda f, format=None: np.zeros((0, 0, 3), np.uint8)
+    )
     with pytest.raises(ValueError, match="img.png"):
         mapper()(d)
 

@@ -160,25 +160,40 @@ def _check_in_subprocess(root, names, tmp_path):
     env = {**os.environ, "DETECTRON2_DATASETS": root}
     script = tmp_path / "check.py"
     script.write_text(_CHECK)
-    proc = subprocess.run([sys.executable, str(script), json.dumps(names), str(tmp_path)],
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(script), json.dumps(names), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return _load(tmp_path / "report.json")
 
 
 def test_builtin_and_plugin_names_read_the_layouts(d2root, tmp_path):
     coco, cs, ade = d2root["coco"], d2root["cityscapes"], d2root["ade20k"]
-    names = [n for out in (coco, cs, ade) for kind in ("detectron2", "plugin")
-             for n in out["dataset_names"][kind]]
+    names = [
+        n
+        for out in (coco, cs, ade)
+        for kind in ("detectron2", "plugin")
+        for n in out["dataset_names"][kind]
+    ]
     report = _check_in_subprocess(d2root["root"], names, tmp_path)
     assert sorted(report["plugin_registered"]) == sorted(
-        coco["dataset_names"]["plugin"] + ade["dataset_names"]["plugin"])
+        coco["dataset_names"]["plugin"] + ade["dataset_names"]["plugin"]
+    )
 
     for name in names:
         r = report[name]
         split = "train" if "train" in name else "val"
-        expected = coco["val_100"]["num_images"] if "val_100" in name else \
-            NUM_TRAIN if split == "train" else NUM_VAL
+        expected = (
+            coco["val_100"]["num_images"]
+            if "val_100" in name
+            else NUM_TRAIN
+            if split == "train"
+            else NUM_VAL
+        )
         assert r["count"] == expected, name
         assert r["missing"] == [], name
         # contiguous category ids, below the number of classes
@@ -194,33 +209,56 @@ def test_builtin_and_plugin_names_read_the_layouts(d2root, tmp_path):
 
     # every metric was computed where it applies
     assert {n for n in names if "pq" in report[n]} == {
-        n for n in names if "pan_seg_file_name" in report[n]["keys"]}
+        n for n in names if "pan_seg_file_name" in report[n]["keys"]
+    }
     assert {n for n in names if "ap" in report[n]} == {
-        "coco_2017_train", "coco_2017_val", "coco_2017_val_100"}
+        "coco_2017_train",
+        "coco_2017_val",
+        "coco_2017_val_100",
+    }
     assert {n for n in names if "miou" in report[n]} >= {
-        "ade20k_sem_seg_val", "ade20k_panoptic_val", "coco_2017_val_panoptic_with_sem_seg",
-        "coco_2017_val_panoptic_stuffonly", "cityscapes_fine_sem_seg_val"}
+        "ade20k_sem_seg_val",
+        "ade20k_panoptic_val",
+        "coco_2017_val_panoptic_with_sem_seg",
+        "coco_2017_val_panoptic_stuffonly",
+        "cityscapes_fine_sem_seg_val",
+    }
 
     pan_keys = ["file_name", "image_id", "pan_seg_file_name", "segments_info"]
-    for name in ("coco_2017_train_panoptic", "coco_2017_val_panoptic",
-                 "coco_2017_val_100_panoptic"):
+    for name in (
+        "coco_2017_train_panoptic",
+        "coco_2017_val_panoptic",
+        "coco_2017_val_100_panoptic",
+    ):
         assert report[name]["keys"] == pan_keys and report[name]["num_classes"] == 133
         assert report[name]["evaluator_type"] == "coco_panoptic_seg"
-    for name in ("coco_2017_train_panoptic_with_sem_seg", "coco_2017_val_panoptic_with_sem_seg",
-                 "cityscapes_fine_panoptic_train", "cityscapes_fine_panoptic_val",
-                 "ade20k_panoptic_train", "ade20k_panoptic_val"):
+    for name in (
+        "coco_2017_train_panoptic_with_sem_seg",
+        "coco_2017_val_panoptic_with_sem_seg",
+        "cityscapes_fine_panoptic_train",
+        "cityscapes_fine_panoptic_val",
+        "ade20k_panoptic_train",
+        "ade20k_panoptic_val",
+    ):
         assert report[name]["keys"] == sorted(pan_keys + ["sem_seg_file_name"]), name
     for name in ("coco_2017_train_panoptic_with_sem_seg", "coco_2017_val_panoptic_with_sem_seg"):
         assert {"sem_seg_root", "panoptic_json", "json_file", "label_divisor"} <= set(
-            report[name]["metadata"])
+            report[name]["metadata"]
+        )
     assert report["ade20k_panoptic_val"]["evaluator_type"] == "ade20k_panoptic_seg"
     assert report["ade20k_panoptic_val"]["num_classes"] == 150
     assert report["ade20k_panoptic_val"]["image_ids"][0] == "ADE_val_00000001"
     assert report["cityscapes_fine_panoptic_val"]["num_classes"] == 19
-    assert re.fullmatch(r"[a-z]+_\d{6}_\d{6}", report["cityscapes_fine_panoptic_val"]
-                        ["image_ids"][0])
-    assert report["coco_2017_val"]["keys"] == ["annotations", "file_name", "height", "image_id",
-                                               "width"]
+    assert re.fullmatch(
+        r"[a-z]+_\d{6}_\d{6}", report["cityscapes_fine_panoptic_val"]["image_ids"][0]
+    )
+    assert report["coco_2017_val"]["keys"] == [
+        "annotations",
+        "file_name",
+        "height",
+        "image_id",
+        "width",
+    ]
     # the scenes' classes reach the loaders
     assert len(report["cityscapes_fine_panoptic_train"]["segment_categories"]) > 8
     assert len(report["coco_2017_train"]["instance_categories"]) > 1
@@ -237,8 +275,9 @@ def test_coco_files(d2root):
     assert droot == os.path.join(d2root["root"], "coco")
     for split in ("train", "val"):
         pan = _load(coco[split]["panoptic_json"])
-        assert [(c["id"], c["name"], c["isthing"], list(c["color"])) for c in pan["categories"]] \
-            == [(c["id"], c["name"], c["isthing"], list(c["color"])) for c in COCO_CATEGORIES]
+        assert [
+            (c["id"], c["name"], c["isthing"], list(c["color"])) for c in pan["categories"]
+        ] == [(c["id"], c["name"], c["isthing"], list(c["color"])) for c in COCO_CATEGORIES]
         for im, ann in zip(pan["images"], pan["annotations"]):
             assert re.fullmatch(r"\d{12}\.jpg", im["file_name"])
             assert int(im["file_name"][:12]) == im["id"] == ann["image_id"]
@@ -246,8 +285,9 @@ def test_coco_files(d2root):
             img = Image.open(os.path.join(coco[split]["image_root"], im["file_name"]))
             assert img.format == "JPEG" and img.size == (im["width"], im["height"])
         inst = _load(coco[split]["instances_json"])
-        assert [(c["id"], c["name"]) for c in inst["categories"]] == \
-            [(c["id"], c["name"]) for c in COCO_CATEGORIES if c["isthing"]]
+        assert [(c["id"], c["name"]) for c in inst["categories"]] == [
+            (c["id"], c["name"]) for c in COCO_CATEGORIES if c["isthing"]
+        ]
     train_ids = {im["id"] for im in _load(coco["train"]["panoptic_json"])["images"]}
     val = _load(coco["val"]["panoptic_json"])
     assert not train_ids & {im["id"] for im in val["images"]}
@@ -260,11 +300,9 @@ def test_coco_files(d2root):
     assert val100["annotations"] == val["annotations"][:n]
     for ann in val100["annotations"]:
         a = open(os.path.join(droot, "panoptic_val2017", ann["file_name"]), "rb").read()
-        assert open(os.path.join(droot, "panoptic_val2017_100", ann["file_name"]), "rb").read() \
-            == a
+        assert open(os.path.join(droot, "panoptic_val2017_100", ann["file_name"]), "rb").read() == a
     inst100 = _load(os.path.join(droot, "annotations", "instances_val2017_100.json"))
-    assert {a["image_id"] for a in inst100["annotations"]} <= {im["id"] for im in
-                                                                 val100["images"]}
+    assert {a["image_id"] for a in inst100["annotations"]} <= {im["id"] for im in val100["images"]}
 
 
 def _segment_stats(layouts_json):
@@ -283,7 +321,8 @@ def test_layouts_have_void_crowd_and_real_id_encodings(d2root):
     for layout, want_crowd in (("coco", True), ("cityscapes", True), ("ade20k", False)):
         out = d2root[layout]
         void, crowd, large = _segment_stats(
-            [(out[s]["panoptic_json"], out[s]["panoptic_root"]) for s in ("train", "val")])
+            [(out[s]["panoptic_json"], out[s]["panoptic_root"]) for s in ("train", "val")]
+        )
         assert void and large, layout
         assert crowd == want_crowd, layout
 
@@ -305,8 +344,12 @@ def _instance_check(pan_json, pan_root, inst_json, isthing):
             matches = [s for s in things if np.array_equal(ids == s["id"], mask)]
             assert len(matches) == 1, (ann["file_name"], a["id"])
             s = matches[0]
-            assert (a["category_id"], a["iscrowd"], a["bbox"], a["area"]) == \
-                (s["category_id"], s["iscrowd"], s["bbox"], s["area"])
+            assert (a["category_id"], a["iscrowd"], a["bbox"], a["area"]) == (
+                s["category_id"],
+                s["iscrowd"],
+                s["bbox"],
+                s["area"],
+            )
             if a["iscrowd"]:  # COCO keeps crowd regions as uncompressed RLE
                 assert isinstance(a["segmentation"]["counts"], list)
             else:
@@ -321,18 +364,28 @@ def test_instances_json_agrees_with_panoptic(d2root):
 
     coco, ade = d2root["coco"], d2root["ade20k"]
     isthing = {c["id"]: c["isthing"] for c in COCO_CATEGORIES}
-    n = sum(_instance_check(coco[s]["panoptic_json"], coco[s]["panoptic_root"],
-                            coco[s]["instances_json"], isthing) for s in ("train", "val"))
+    n = sum(
+        _instance_check(
+            coco[s]["panoptic_json"], coco[s]["panoptic_root"], coco[s]["instances_json"], isthing
+        )
+        for s in ("train", "val")
+    )
     droot = coco["dataset_root"]
-    n100 = _instance_check(os.path.join(droot, "annotations", "panoptic_val2017_100.json"),
-                           os.path.join(droot, "panoptic_val2017_100"),
-                           os.path.join(droot, "annotations", "instances_val2017_100.json"),
-                           isthing)
+    n100 = _instance_check(
+        os.path.join(droot, "annotations", "panoptic_val2017_100.json"),
+        os.path.join(droot, "panoptic_val2017_100"),
+        os.path.join(droot, "annotations", "instances_val2017_100.json"),
+        isthing,
+    )
     assert n > 0 and n100 > 0
     isthing = {c["id"]: c["isthing"] for c in ADE20K_150_CATEGORIES}
     for s in ("train", "val"):
-        assert _instance_check(ade[s]["panoptic_json"], ade[s]["panoptic_root"],
-                               ade[s]["instances_json"], isthing) > 0
+        assert (
+            _instance_check(
+                ade[s]["panoptic_json"], ade[s]["panoptic_root"], ade[s]["instances_json"], isthing
+            )
+            > 0
+        )
         assert _load(ade[s]["instances_json"])["categories"] == ADE20K_INSTANCE_CATEGORIES
 
 
@@ -370,16 +423,22 @@ def test_semantic_pngs_agree_with_panoptic(d2root):
         pan_json = os.path.join(droot, "annotations", f"panoptic_{s}.json")
         pan_root = os.path.join(droot, f"panoptic_{s}")
         if s != "val2017_100":
-            _assert_semantic(os.path.join(droot, f"panoptic_semseg_{s}"),
-                             _semantic_expected(pan_json, pan_root, index))
-        _assert_semantic(os.path.join(droot, f"panoptic_stuff_{s}"),
-                         _semantic_expected(pan_json, pan_root, separated))
+            _assert_semantic(
+                os.path.join(droot, f"panoptic_semseg_{s}"),
+                _semantic_expected(pan_json, pan_root, index),
+            )
+        _assert_semantic(
+            os.path.join(droot, f"panoptic_stuff_{s}"),
+            _semantic_expected(pan_json, pan_root, separated),
+        )
 
     ade = d2root["ade20k"]
     ident = {c["id"]: c["id"] for c in ADE20K_150_CATEGORIES}  # ADE20K ids are 0..149
     for s in ("train", "val"):
-        _assert_semantic(ade[s]["sem_seg_root"], _semantic_expected(
-            ade[s]["panoptic_json"], ade[s]["panoptic_root"], ident))
+        _assert_semantic(
+            ade[s]["sem_seg_root"],
+            _semantic_expected(ade[s]["panoptic_json"], ade[s]["panoptic_root"], ident),
+        )
         raw_root = ade[s]["sem_seg_root"].replace("annotations_detectron2", "annotations")
         for f in os.listdir(raw_root):  # raw: class + 1, 0 for void
             raw = np.asarray(Image.open(os.path.join(raw_root, f))).astype(np.int64)
@@ -389,8 +448,9 @@ def test_semantic_pngs_agree_with_panoptic(d2root):
     cs = d2root["cityscapes"]
     train_id = {c["id"]: c["trainId"] for c in CITYSCAPES_CATEGORIES}
     for s in ("train", "val"):
-        for file_name, sem in _semantic_expected(cs[s]["panoptic_json"], cs[s]["panoptic_root"],
-                                                 train_id):
+        for file_name, sem in _semantic_expected(
+            cs[s]["panoptic_json"], cs[s]["panoptic_root"], train_id
+        ):
             city = file_name.split("_")[0]
             gt = os.path.join(cs[s]["gt_root"], city, file_name.replace("_panoptic.png", "_"))
             assert np.array_equal(np.asarray(Image.open(gt + "labelTrainIds.png")), sem)
@@ -418,9 +478,9 @@ def test_cityscapes_files(d2root):
             for f in os.listdir(os.path.join(cs[split]["image_root"], city)):
                 assert re.fullmatch(rf"{city}_\d{{6}}_\d{{6}}_leftImg8bit\.png", f)
         pan = _load(cs[split]["panoptic_json"])
-        assert [(c["id"], c["name"], c["isthing"], tuple(c["color"])) for c in pan["categories"]] \
-            == [(c["id"], c["name"], c["isthing"], tuple(c["color"]))
-                for c in CITYSCAPES_CATEGORIES]
+        assert [
+            (c["id"], c["name"], c["isthing"], tuple(c["color"])) for c in pan["categories"]
+        ] == [(c["id"], c["name"], c["isthing"], tuple(c["color"])) for c in CITYSCAPES_CATEGORIES]
         isthing = {c["id"]: c["isthing"] for c in CITYSCAPES_CATEGORIES}
         for ann in pan["annotations"]:
             assert ann["file_name"] == ann["image_id"] + "_gtFine_panoptic.png"
@@ -439,8 +499,9 @@ def test_ade20k_files(d2root):
         assert files == [f"ADE_{split}_{i:08d}.jpg" for i in range(1, len(files) + 1)]
         assert ade[split]["image_root"].endswith(os.path.join("images", folder))
         pan = _load(ade[split]["panoptic_json"])
-        assert [(c["id"], c["name"], c["isthing"]) for c in pan["categories"]] == \
-            [(c["id"], c["name"], c["isthing"]) for c in ADE20K_150_CATEGORIES]
+        assert [(c["id"], c["name"], c["isthing"]) for c in pan["categories"]] == [
+            (c["id"], c["name"], c["isthing"]) for c in ADE20K_150_CATEGORIES
+        ]
         assert [im["id"] for im in pan["images"]] == [f[:-4] for f in files]
 
 
@@ -450,9 +511,16 @@ def test_scene_classes_one_per_shape(d2root):
         out = d2root[layout]
         pan = _load(out["train"]["panoptic_json"])
         isthing = {c["id"]: c["isthing"] for c in pan["categories"]}
-        used = {s["category_id"] for s in
-                (s for split in ("train", "val") for a in _load(out[split]["panoptic_json"])
-                 ["annotations"] for s in a["segments_info"]) if isthing[s["category_id"]]}
+        used = {
+            s["category_id"]
+            for s in (
+                s
+                for split in ("train", "val")
+                for a in _load(out[split]["panoptic_json"])["annotations"]
+                for s in a["segments_info"]
+            )
+            if isthing[s["category_id"]]
+        }
         assert 0 < len(used) <= len(THING_SHAPES), layout
 
 
@@ -468,8 +536,15 @@ def test_custom_set_registers_as_a_users_own(tmp_path):
     pan = _load(out["val"]["panoptic_json"])
     assert pan["categories"] == CUSTOM_CATEGORIES
     isthing = {c["id"]: c["isthing"] for c in CUSTOM_CATEGORIES}
-    assert _instance_check(out["train"]["panoptic_json"], out["train"]["panoptic_root"],
-                           out["train"]["instances_json"], isthing) > 0
+    assert (
+        _instance_check(
+            out["train"]["panoptic_json"],
+            out["train"]["panoptic_root"],
+            out["train"]["instances_json"],
+            isthing,
+        )
+        > 0
+    )
 
     prefix = f"custom_{uuid.uuid4().hex[:8]}"
     train, val = register_custom_panoptic(prefix, out["dataset_root"])
@@ -490,10 +565,14 @@ def test_custom_set_registers_as_a_users_own(tmp_path):
     ev.reset()
     for d in dicts:
         gt = _pan_ids(d["pan_seg_file_name"])
-        infos = [{"id": s["id"], "category_id": s["category_id"], "isthing": s["isthing"]}
-                 for s in d["segments_info"]]
-        ev.process([{"file_name": d["file_name"], "image_id": d["image_id"]}],
-                   [{"panoptic_seg": (torch.from_numpy(gt.astype(np.int32)), infos)}])
+        infos = [
+            {"id": s["id"], "category_id": s["category_id"], "isthing": s["isthing"]}
+            for s in d["segments_info"]
+        ]
+        ev.process(
+            [{"file_name": d["file_name"], "image_id": d["image_id"]}],
+            [{"panoptic_seg": (torch.from_numpy(gt.astype(np.int32)), infos)}],
+        )
     assert ev.evaluate()["panoptic_seg"]["PQ"] == pytest.approx(100.0)
 
 
@@ -501,9 +580,12 @@ def test_custom_set_registers_as_a_users_own(tmp_path):
 
 
 def _tree(root):
-    return {os.path.relpath(p, root): open(p, "rb").read()
-            for p in glob.glob(os.path.join(root, "**", "*"), recursive=True)
-            + glob.glob(os.path.join(root, "**", ".*"), recursive=True) if os.path.isfile(p)}
+    return {
+        os.path.relpath(p, root): open(p, "rb").read()
+        for p in glob.glob(os.path.join(root, "**", "*"), recursive=True)
+        + glob.glob(os.path.join(root, "**", ".*"), recursive=True)
+        if os.path.isfile(p)
+    }
 
 
 @pytest.mark.parametrize("layout", ["coco", "cityscapes", "ade20k", "custom"])
@@ -515,8 +597,9 @@ def test_deterministic_and_cached(tmp_path, layout):
     mtimes = {p: os.stat(os.path.join(a["dataset_root"], p)).st_mtime_ns for p in tree_a}
     again = write_layout(tmp_path / "a", layout, 2, 2, seed=4)
     assert again["generated"] is False
-    assert {k: v for k, v in again.items() if k != "generated"} == \
-        {k: v for k, v in a.items() if k != "generated"}
+    assert {k: v for k, v in again.items() if k != "generated"} == {
+        k: v for k, v in a.items() if k != "generated"
+    }
     assert {p: os.stat(os.path.join(a["dataset_root"], p)).st_mtime_ns for p in tree_a} == mtimes
     other = write_layout(tmp_path / "a", layout, 2, 2, seed=5)
     assert other["generated"] is True and _tree(a["dataset_root"]) != tree_a
@@ -576,16 +659,25 @@ def _tool():
 
 def test_generate_tool_layouts(tmp_path, capsys):
     tool = _tool()
-    tool.main(["--layout", "ade20k", "--root", str(tmp_path), "--num-train", "2",
-               "--num-val", "1"])
+    tool.main(["--layout", "ade20k", "--root", str(tmp_path), "--num-train", "2", "--num-val", "1"])
     out = capsys.readouterr().out
     assert os.path.join(str(tmp_path), "ADEChallengeData2016") in out
     assert f"DETECTRON2_DATASETS={tmp_path}" in out and "ade20k_panoptic_val" in out
     marker = _load(tmp_path / "ADEChallengeData2016" / ".detr_panoptic_d2_layout.json")
     assert marker["args"]["thing_colors"] == "random" and marker["args"]["num_val"] == 1
 
-    tool.main(["--root", str(tmp_path / "toy"), "--num-train", "2", "--num-val", "1",
-               "--thing-colors", "random"])
+    tool.main(
+        [
+            "--root",
+            str(tmp_path / "toy"),
+            "--num-train",
+            "2",
+            "--num-val",
+            "1",
+            "--thing-colors",
+            "random",
+        ]
+    )
     assert "toy_panoptic_val" in capsys.readouterr().out
     assert _load(tmp_path / "toy" / "meta.json")["thing_colors"] == "random"
     with pytest.raises(SystemExit):

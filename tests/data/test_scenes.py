@@ -42,7 +42,10 @@ def _digest(rgb, ids, segments):
 
 # (seed, split, index, min size, max size): image ``index`` of a split, as the toy set draws it.
 CASES = [(0, s, i, 128, 192) for s in (0, 1) for i in range(12)] + [
-    (3, 0, 2, 64, 96), (7, 1, 11, 200, 256), (11, 0, 5, 32, 48), (5, 1, 0, 128, 128),
+    (3, 0, 2, 64, 96),
+    (7, 1, 11, 200, 256),
+    (11, 0, 5, 32, 48),
+    (5, 1, 0, 128, 128),
 ]
 
 
@@ -51,8 +54,7 @@ def test_class_mode_reproduces_version_3_generator():
     ref = _reference_generator()
     for seed, split, index, lo, hi in CASES:
         want = ref._make_sample(np.random.default_rng([seed, split, index]), lo, hi)
-        got = toy_dataset._make_sample(np.random.default_rng([seed, split, index]), lo, hi,
-                                       "class")
+        got = toy_dataset._make_sample(np.random.default_rng([seed, split, index]), lo, hi, "class")
         case = (seed, split, index, lo, hi)
         assert got[0].dtype == want[0].dtype == np.uint8, case
         assert np.array_equal(got[0], want[0]), case
@@ -85,10 +87,14 @@ def _thing_colours(thing_colors, n_images=250, stuff=STUFF, seed=0):
     median RGB of each image's stuff segments."""
     out = []
     for i in range(n_images):
-        scene = draw_scene(np.random.default_rng([seed, i]), (96, 128), THINGS, stuff,
-                           thing_colors=thing_colors)
-        stuff_rgb = [np.median(scene.image[scene.segment_ids == s["id"]], axis=0)
-                     for s in scene.segments if s["category_id"] not in THING_IDS]
+        scene = draw_scene(
+            np.random.default_rng([seed, i]), (96, 128), THINGS, stuff, thing_colors=thing_colors
+        )
+        stuff_rgb = [
+            np.median(scene.image[scene.segment_ids == s["id"]], axis=0)
+            for s in scene.segments
+            if s["category_id"] not in THING_IDS
+        ]
         for s in scene.segments:
             if s["category_id"] in THING_IDS:
                 rgb = np.median(scene.image[scene.segment_ids == s["id"]], axis=0)
@@ -166,12 +172,14 @@ def test_shapes_are_distinct():
 
 
 def test_scene_with_every_shape():
-    things = [{"id": 100 + i, "color": [200, 30 * i, 50], "shape": s}
-              for i, s in enumerate(THING_SHAPES)]
+    things = [
+        {"id": 100 + i, "color": [200, 30 * i, 50], "shape": s} for i, s in enumerate(THING_SHAPES)
+    ]
     seen = set()
     for i in range(60):
-        scene = draw_scene(np.random.default_rng(i), (96, 128), things, STUFF[:1],
-                           thing_colors="random")
+        scene = draw_scene(
+            np.random.default_rng(i), (96, 128), things, STUFF[:1], thing_colors="random"
+        )
         assert set(np.unique(scene.segment_ids)) == {s["id"] for s in scene.segments}
         seen |= {s["category_id"] for s in scene.segments}
     assert seen == {t["id"] for t in things} | {STUFF[0]["id"]}

@@ -59,8 +59,9 @@ def test_files_are_consistent(toy):
             rgb = Image.open(os.path.join(paths["image_root"], im["file_name"]))
             assert rgb.size == (im["width"], im["height"]) and rgb.mode == "RGB"
             assert 128 <= im["width"] <= 192 and 128 <= im["height"] <= 192
-            pan = rgb2id(np.asarray(Image.open(os.path.join(paths["panoptic_root"],
-                                                            ann["file_name"]))))
+            pan = rgb2id(
+                np.asarray(Image.open(os.path.join(paths["panoptic_root"], ann["file_name"])))
+            )
             assert pan.shape == (im["height"], im["width"])
             segs = {s["id"]: s for s in ann["segments_info"]}
             assert len(segs) == len(ann["segments_info"])
@@ -70,8 +71,12 @@ def test_files_are_consistent(toy):
                 assert sid > 0 and s["category_id"] in CATS and s["iscrowd"] == 0
                 ys, xs = np.nonzero(pan == sid)
                 assert s["area"] == len(xs)
-                assert s["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1,
-                                     ys.max() - ys.min() + 1]
+                assert s["bbox"] == [
+                    xs.min(),
+                    ys.min(),
+                    xs.max() - xs.min() + 1,
+                    ys.max() - ys.min() + 1,
+                ]
                 if CATS[s["category_id"]]["isthing"]:
                     assert s["area"] >= 150  # smaller visible parts fall back to stuff
 
@@ -79,8 +84,10 @@ def test_files_are_consistent(toy):
 def test_thing_count_distribution(tmp_path):
     out = generate_toy_panoptic(tmp_path, num_train=40, num_val=1)
     data = _load(out["train"]["panoptic_json"])
-    counts = [sum(CATS[s["category_id"]]["isthing"] for s in a["segments_info"])
-              for a in data["annotations"]]
+    counts = [
+        sum(CATS[s["category_id"]]["isthing"] for s in a["segments_info"])
+        for a in data["annotations"]
+    ]
     assert min(counts) == 0 and max(counts) == 4
     used = Counter(s["category_id"] for a in data["annotations"] for s in a["segments_info"])
     assert set(used) == set(CATS)  # every category occurs
@@ -90,8 +97,9 @@ def test_deterministic_and_cached(tmp_path):
     a = generate_toy_panoptic(tmp_path / "a", num_train=3, num_val=2, seed=5)
     b = generate_toy_panoptic(tmp_path / "b", num_train=3, num_val=2, seed=5)
     files_a, files_b = _all_files(a["root"]), _all_files(b["root"])
-    assert [os.path.relpath(f, a["root"]) for f in files_a] == \
-        [os.path.relpath(f, b["root"]) for f in files_b]
+    assert [os.path.relpath(f, a["root"]) for f in files_a] == [
+        os.path.relpath(f, b["root"]) for f in files_b
+    ]
     for fa, fb in zip(files_a, files_b):
         assert open(fa, "rb").read() == open(fb, "rb").read(), fa
 
@@ -101,15 +109,21 @@ def test_deterministic_and_cached(tmp_path):
     assert {f: os.stat(f).st_mtime_ns for f in _all_files(a["root"])} == mtimes
 
     c = generate_toy_panoptic(tmp_path / "c", num_train=3, num_val=2, seed=6)
-    assert open(files_a[-1], "rb").read() != \
-        open(os.path.join(c["root"], os.path.relpath(files_a[-1], a["root"])), "rb").read()
+    assert (
+        open(files_a[-1], "rb").read()
+        != open(os.path.join(c["root"], os.path.relpath(files_a[-1], a["root"])), "rb").read()
+    )
 
     # Different arguments regenerate in place; overwrite forces a rewrite.
     more = generate_toy_panoptic(tmp_path / "a", num_train=4, num_val=2, seed=5)
     assert more["generated"] is True
     assert len(_load(more["train"]["panoptic_json"])["images"]) == 4
-    assert generate_toy_panoptic(tmp_path / "a", num_train=4, num_val=2, seed=5,
-                                 overwrite=True)["generated"] is True
+    assert (
+        generate_toy_panoptic(tmp_path / "a", num_train=4, num_val=2, seed=5, overwrite=True)[
+            "generated"
+        ]
+        is True
+    )
 
 
 def test_cache_regenerates_when_generator_constants_change(tmp_path, monkeypatch):
@@ -161,7 +175,15 @@ def test_registration(toy):
     assert meta.evaluator_type == "coco_panoptic_seg"
     assert meta.thing_dataset_id_to_contiguous_id == {1: 0, 2: 1, 3: 2, 5: 3, 7: 4}
     assert meta.stuff_dataset_id_to_contiguous_id == {
-        1: 0, 2: 1, 3: 2, 5: 3, 7: 4, 10: 5, 11: 6, 12: 7}
+        1: 0,
+        2: 1,
+        3: 2,
+        5: 3,
+        7: 4,
+        10: 5,
+        11: 6,
+        12: 7,
+    }
     assert meta.stuff_classes == [c["name"] for c in TOY_CATEGORIES] == meta.thing_classes
     assert meta.panoptic_json == toy["val"]["panoptic_json"]
     assert toy_dataset_metadata()["thing_colors"] == [c["color"] for c in TOY_CATEGORIES]
@@ -187,8 +209,9 @@ def _predictions(dicts):
         infos = []
         for new_id, s in enumerate(d["segments_info"], start=1):
             pan[gt == s["id"]] = new_id
-            infos.append({"id": new_id, "category_id": s["category_id"],
-                          "isthing": bool(s["isthing"])})
+            infos.append(
+                {"id": new_id, "category_id": s["category_id"], "isthing": bool(s["isthing"])}
+            )
         preds.append({"panoptic_seg": (torch.from_numpy(pan), infos)})
     return preds
 
@@ -212,8 +235,13 @@ def _expected(stats):
                 pq.append(iou / (tp + fp / 2 + fn / 2))
                 sq.append(iou / tp if tp else 0.0)
                 rq.append(tp / (tp + fp / 2 + fn / 2))
-        out.update({"PQ" + key: 100 * np.mean(pq), "SQ" + key: 100 * np.mean(sq),
-                    "RQ" + key: 100 * np.mean(rq)})
+        out.update(
+            {
+                "PQ" + key: 100 * np.mean(pq),
+                "SQ" + key: 100 * np.mean(sq),
+                "RQ" + key: 100 * np.mean(rq),
+            }
+        )
     return out
 
 
@@ -237,8 +265,12 @@ def test_pq_of_ground_truth_and_perturbations(toy, tmp_path):
 
     # 1) One thing segment gets another thing class: 1 FN for the old class, 1 FP for the new.
     preds = _predictions(dicts)
-    i, j = next((i, j) for i, d in enumerate(dicts)
-                for j, s in enumerate(d["segments_info"]) if s["isthing"])
+    i, j = next(
+        (i, j)
+        for i, d in enumerate(dicts)
+        for j, s in enumerate(d["segments_info"])
+        if s["isthing"]
+    )
     old = dicts[i]["segments_info"][j]["category_id"]
     new = (old + 1) % 5
     preds[i]["panoptic_seg"][1][j]["category_id"] = new
@@ -272,16 +304,20 @@ def test_pq_of_ground_truth_and_perturbations(toy, tmp_path):
 
 def test_thing_colors_is_part_of_the_cache_key(tmp_path):
     cls = generate_toy_panoptic(tmp_path, num_train=3, num_val=2)
-    assert cls["generated"] is True and _load(os.path.join(tmp_path, "meta.json"))[
-        "thing_colors"] == "class"
+    assert (
+        cls["generated"] is True
+        and _load(os.path.join(tmp_path, "meta.json"))["thing_colors"] == "class"
+    )
     class_bytes = {f: open(f, "rb").read() for f in _all_files(tmp_path)}
     assert generate_toy_panoptic(tmp_path, num_train=3, num_val=2)["generated"] is False
 
     rnd = generate_toy_panoptic(tmp_path, num_train=3, num_val=2, thing_colors="random")
     assert rnd["generated"] is True
     assert _load(os.path.join(tmp_path, "meta.json"))["thing_colors"] == "random"
-    assert generate_toy_panoptic(tmp_path, num_train=3, num_val=2,
-                                 thing_colors="random")["generated"] is False
+    assert (
+        generate_toy_panoptic(tmp_path, num_train=3, num_val=2, thing_colors="random")["generated"]
+        is False
+    )
     random_bytes = {f: open(f, "rb").read() for f in _all_files(tmp_path)}
     assert random_bytes.keys() == class_bytes.keys()
     changed = [f for f in class_bytes if class_bytes[f] != random_bytes[f]]
@@ -301,8 +337,10 @@ def test_set_cached_before_thing_colors_existed_counts_as_class(tmp_path):
     with open(meta_path, "w") as f:
         json.dump(meta, f)
     assert generate_toy_panoptic(tmp_path, num_train=2, num_val=1)["generated"] is False
-    assert generate_toy_panoptic(tmp_path, num_train=2, num_val=1,
-                                 thing_colors="random")["generated"] is True
+    assert (
+        generate_toy_panoptic(tmp_path, num_train=2, num_val=1, thing_colors="random")["generated"]
+        is True
+    )
 
 
 def test_bad_thing_colors(tmp_path):
@@ -331,8 +369,9 @@ def test_register_from_cfg_reads_thing_colors(tmp_path, monkeypatch):
     from detr_panoptic_d2.data import toy_dataset
 
     calls = []  # the toy names stay as other tests registered them
-    monkeypatch.setattr(toy_dataset, "register_toy_panoptic",
-                        lambda root, names: calls.append((root, names)))
+    monkeypatch.setattr(
+        toy_dataset, "register_toy_panoptic", lambda root, names: calls.append((root, names))
+    )
     toy_dataset.register_toy_panoptic_from_cfg(_toy_cfg(tmp_path, "random"))
     assert _load(os.path.join(tmp_path, "meta.json"))["thing_colors"] == "random"
     assert calls == [(str(tmp_path), toy_dataset.TOY_DATASET_NAMES)]

@@ -1,4 +1,5 @@
 """Entry point of the multi-process training test: importable by the workers ``launch`` spawns."""
+
 import json
 import os
 
@@ -28,15 +29,21 @@ def train_main(out_dir, toy_root, max_iter):
     trainer = DetrPanopticTrainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
-    model = trainer.model.module if isinstance(trainer.model, torch.nn.parallel.DistributedDataParallel) \
+    model = (
+        trainer.model.module
+        if isinstance(trainer.model, torch.nn.parallel.DistributedDataParallel)
         else trainer.model
+    )
     param_sum = float(sum(p.detach().double().sum() for p in model.parameters()))
     rank = comm.get_rank()
     with open(os.path.join(out_dir, f"rank_{rank}.json"), "w") as f:
-        json.dump({
-            "rank": rank,
-            "world_size": comm.get_world_size(),
-            "iter": trainer.iter,
-            "param_sum": param_sum,
-            "ddp": isinstance(trainer.model, torch.nn.parallel.DistributedDataParallel),
-        }, f)
+        json.dump(
+            {
+                "rank": rank,
+                "world_size": comm.get_world_size(),
+                "iter": trainer.iter,
+                "param_sum": param_sum,
+                "ddp": isinstance(trainer.model, torch.nn.parallel.DistributedDataParallel),
+            },
+            f,
+        )

@@ -4,6 +4,7 @@ Fixtures: ``toy_root`` (one small generated toy set per session), ``clean_toy`` 
 split names registered afresh for it) and ``tiny`` (a builder of tiny configs on that root).
 Outside pytest (spawned workers, tests/tools), load this file with :func:`load_engine_conftest`.
 """
+
 import importlib.util
 import os
 
@@ -33,27 +34,48 @@ def tiny_opts(out_dir, max_iter=2, toy_root=None):
     HIDDEN_DIM and NHEADS stay at the toy values (128, 8): DetrMaskHead's GroupNorm needs them."""
     toy_root = toy_root or os.path.join(str(out_dir), "toy")
     return [
-        "MODEL.DEVICE", "cpu",
-        "MODEL.DETR.ENC_LAYERS", "1",
-        "MODEL.DETR.DEC_LAYERS", "1",
-        "MODEL.DETR.NUM_OBJECT_QUERIES", "8",
-        "MODEL.DETR.DIM_FEEDFORWARD", "128",
-        "SOLVER.IMS_PER_BATCH", "2",
-        "SOLVER.MAX_ITER", str(max_iter),
-        "SOLVER.STEPS", "()",
-        "SOLVER.WARMUP_ITERS", "0",
-        "SOLVER.CHECKPOINT_PERIOD", "100000",
-        "INPUT.MIN_SIZE_TRAIN", "(64,)",
-        "INPUT.MAX_SIZE_TRAIN", "96",
-        "INPUT.MIN_SIZE_TEST", "64",
-        "INPUT.MAX_SIZE_TEST", "96",
-        "DATALOADER.NUM_WORKERS", "0",
-        "DATASETS.TOY.ROOT", str(toy_root),
-        "DATASETS.TOY.NUM_TRAIN", str(TOY_NUM_TRAIN),
-        "DATASETS.TOY.NUM_VAL", str(TOY_NUM_VAL),
-        "DATASETS.TOY.IMAGE_SIZE", str(TOY_IMAGE_SIZE),
-        "TEST.EVAL_PERIOD", "0",
-        "OUTPUT_DIR", str(out_dir),
+        "MODEL.DEVICE",
+        "cpu",
+        "MODEL.DETR.ENC_LAYERS",
+        "1",
+        "MODEL.DETR.DEC_LAYERS",
+        "1",
+        "MODEL.DETR.NUM_OBJECT_QUERIES",
+        "8",
+        "MODEL.DETR.DIM_FEEDFORWARD",
+        "128",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "SOLVER.MAX_ITER",
+        str(max_iter),
+        "SOLVER.STEPS",
+        "()",
+        "SOLVER.WARMUP_ITERS",
+        "0",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "100000",
+        "INPUT.MIN_SIZE_TRAIN",
+        "(64,)",
+        "INPUT.MAX_SIZE_TRAIN",
+        "96",
+        "INPUT.MIN_SIZE_TEST",
+        "64",
+        "INPUT.MAX_SIZE_TEST",
+        "96",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "DATASETS.TOY.ROOT",
+        str(toy_root),
+        "DATASETS.TOY.NUM_TRAIN",
+        str(TOY_NUM_TRAIN),
+        "DATASETS.TOY.NUM_VAL",
+        str(TOY_NUM_VAL),
+        "DATASETS.TOY.IMAGE_SIZE",
+        str(TOY_IMAGE_SIZE),
+        "TEST.EVAL_PERIOD",
+        "0",
+        "OUTPUT_DIR",
+        str(out_dir),
     ]
 
 
@@ -88,7 +110,9 @@ def toy_root(tmp_path_factory):
     from detr_panoptic_d2.data.toy_dataset import generate_toy_panoptic
 
     root = tmp_path_factory.mktemp("toy_shared")
-    generate_toy_panoptic(root, num_train=TOY_NUM_TRAIN, num_val=TOY_NUM_VAL, image_size=TOY_IMAGE_SIZE)
+    generate_toy_panoptic(
+        root, num_train=TOY_NUM_TRAIN, num_val=TOY_NUM_VAL, image_size=TOY_IMAGE_SIZE
+    )
     return str(root)
 
 
@@ -105,6 +129,8 @@ def tiny(clean_toy):
     """``tiny(out_dir, stage=1, max_iter=2, extra=(), freeze=True)`` → a tiny config on the shared toy set."""
 
     def build(out_dir, stage=1, max_iter=2, extra=(), freeze=True):
-        return tiny_cfg(out_dir, stage=stage, max_iter=max_iter, extra=extra, toy_root=clean_toy, freeze=freeze)
+        return tiny_cfg(
+            out_dir, stage=stage, max_iter=max_iter, extra=extra, toy_root=clean_toy, freeze=freeze
+        )
 
     return build

@@ -1,10 +1,11 @@
 """build_detr_optimizer: parameter groups, optimizer choice, full-model gradient clipping."""
+
 import copy
 
 import pytest
 import torch
-from torch import nn
 from detectron2.config import get_cfg
+from torch import nn
 
 from detr_panoptic_d2 import add_detr_panoptic_config
 from detr_panoptic_d2.engine import build_detr_optimizer
@@ -72,7 +73,9 @@ def test_no_backbone_gives_one_group():
 
 
 def test_sgd_option_and_unknown_optimizer():
-    opt = build_detr_optimizer(make_cfg(**{"SOLVER.OPTIMIZER": "SGD", "SOLVER.MOMENTUM": 0.5}), TinyDetr())
+    opt = build_detr_optimizer(
+        make_cfg(**{"SOLVER.OPTIMIZER": "SGD", "SOLVER.MOMENTUM": 0.5}), TinyDetr()
+    )
     assert isinstance(opt, torch.optim.SGD)
     assert all(g["momentum"] == 0.5 for g in opt.param_groups)
     with pytest.raises(ValueError, match="SOLVER.OPTIMIZER"):
@@ -82,7 +85,9 @@ def test_sgd_option_and_unknown_optimizer():
 def test_clip_type_other_than_full_model_is_rejected():
     for clip_type in ("value", "norm"):
         with pytest.raises(ValueError, match="SOLVER.CLIP_GRADIENTS.CLIP_TYPE") as e:
-            build_detr_optimizer(make_cfg(**{"SOLVER.CLIP_GRADIENTS.CLIP_TYPE": clip_type}), TinyDetr())
+            build_detr_optimizer(
+                make_cfg(**{"SOLVER.CLIP_GRADIENTS.CLIP_TYPE": clip_type}), TinyDetr()
+            )
         assert "full_model" in str(e.value)
 
 
@@ -101,10 +106,14 @@ def _set_grads(model, scale):
 
 def test_full_model_clipping_sgd_update_is_lr_times_globally_clipped_grad():
     max_norm = 0.1
-    cfg = make_cfg(**{
-        "SOLVER.OPTIMIZER": "SGD", "SOLVER.MOMENTUM": 0.0, "SOLVER.WEIGHT_DECAY": 0.0,
-        "SOLVER.CLIP_GRADIENTS.CLIP_VALUE": max_norm,
-    })
+    cfg = make_cfg(
+        **{
+            "SOLVER.OPTIMIZER": "SGD",
+            "SOLVER.MOMENTUM": 0.0,
+            "SOLVER.WEIGHT_DECAY": 0.0,
+            "SOLVER.CLIP_GRADIENTS.CLIP_VALUE": max_norm,
+        }
+    )
     model = TinyDetr()
     opt = build_detr_optimizer(cfg, model)
     params = [p for g in opt.param_groups for p in g["params"]]
@@ -124,16 +133,22 @@ def test_full_model_clipping_sgd_update_is_lr_times_globally_clipped_grad():
         expected = before[id(p)] - lrs[id(p)] * coef * grads[id(p)]
         torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-7)
     # the grads themselves were clipped in place to the global norm
-    assert torch.norm(torch.stack([p.grad.norm() for p in params])).item() == pytest.approx(max_norm, rel=1e-4)
+    assert torch.norm(torch.stack([p.grad.norm() for p in params])).item() == pytest.approx(
+        max_norm, rel=1e-4
+    )
     for p, b in zip(model.frozen.parameters(), frozen_before):
         assert torch.equal(p, b)
 
 
 def test_full_model_clipping_no_change_below_max_norm():
-    cfg = make_cfg(**{
-        "SOLVER.OPTIMIZER": "SGD", "SOLVER.MOMENTUM": 0.0, "SOLVER.WEIGHT_DECAY": 0.0,
-        "SOLVER.CLIP_GRADIENTS.CLIP_VALUE": 100.0,
-    })
+    cfg = make_cfg(
+        **{
+            "SOLVER.OPTIMIZER": "SGD",
+            "SOLVER.MOMENTUM": 0.0,
+            "SOLVER.WEIGHT_DECAY": 0.0,
+            "SOLVER.CLIP_GRADIENTS.CLIP_VALUE": 100.0,
+        }
+    )
     model = TinyDetr()
     opt = build_detr_optimizer(cfg, model)
     _set_grads(model, 0.05)
@@ -155,8 +170,12 @@ def test_full_model_clipping_adamw_matches_reference_on_clipped_grads():
     ref_groups = []
     name_of = {id(p): n for n, p in model.named_parameters()}
     for g in opt.param_groups:
-        ref_groups.append({"params": [ref_params[name_of[id(p)]] for p in g["params"]], "lr": g["lr"]})
-    ref_opt = torch.optim.AdamW(ref_groups, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+        ref_groups.append(
+            {"params": [ref_params[name_of[id(p)]] for p in g["params"]], "lr": g["lr"]}
+        )
+    ref_opt = torch.optim.AdamW(
+        ref_groups, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
+    )
     for step, scale in enumerate((0.05, 0.3)):
         _set_grads(model, scale * (step + 1))
         params = [p for g in opt.param_groups for p in g["params"]]

@@ -1,8 +1,8 @@
 """DetrPanopticTrainer: two-stage training and PQ evaluation, NaN losses, resume, evaluators, data errors,
 multi-process training."""
+
 import json
 import os
-import shutil
 
 import pytest
 import torch
@@ -35,9 +35,17 @@ def test_two_stage_training_then_panoptic_evaluation(tiny, tmp_path):
     metrics = [json.loads(line) for line in open(tmp_path / "stage1" / "metrics.json")]
     assert any("loss_ce" in m and "loss_bbox" in m and "loss_giou" in m for m in metrics)
 
-    stage2 = tiny(tmp_path / "stage2", stage=2, max_iter=3, extra=[
-        "MODEL.DETR.FROZEN_WEIGHTS", final1, "MODEL.DETR.TEST.OBJECT_MASK_THRESHOLD", "0.0",
-    ])
+    stage2 = tiny(
+        tmp_path / "stage2",
+        stage=2,
+        max_iter=3,
+        extra=[
+            "MODEL.DETR.FROZEN_WEIGHTS",
+            final1,
+            "MODEL.DETR.TEST.OBJECT_MASK_THRESHOLD",
+            "0.0",
+        ],
+    )
     t2 = _train(stage2)
     assert (tmp_path / "stage2" / "model_final.pth").is_file()
     # stage 2 trains the mask head only: the detection part equals the stage-1 weights
@@ -46,7 +54,11 @@ def test_two_stage_training_then_panoptic_evaluation(tiny, tmp_path):
     name = next(k for k in ckpt1 if k.startswith("detr.class_embed."))
     torch.testing.assert_close(state2[name], ckpt1[name])
     assert any(k.startswith("mask_head.") for k in state2)
-    assert all(not p.requires_grad for n, p in t2.model.named_parameters() if not n.startswith("mask_head."))
+    assert all(
+        not p.requires_grad
+        for n, p in t2.model.named_parameters()
+        if not n.startswith("mask_head.")
+    )
 
     results = DetrPanopticTrainer.test(stage2, t2.model)
     assert "panoptic_seg" in results, results
@@ -91,7 +103,9 @@ def test_nan_loss_raises_and_keeps_earlier_checkpoint(tiny, tmp_path):
 # ---- resume --------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_resume_restores_iteration_optimizer_and_scheduler(tiny, tmp_path):
-    cfg = tiny(tmp_path, max_iter=4, extra=["SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.STEPS", "(1,)"])
+    cfg = tiny(
+        tmp_path, max_iter=4, extra=["SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.STEPS", "(1,)"]
+    )
     _train(cfg)
     ckpt_path = tmp_path / "model_0000001.pth"
     assert ckpt_path.is_file() and (tmp_path / "model_final.pth").is_file()
@@ -124,7 +138,9 @@ def test_resume_restores_iteration_optimizer_and_scheduler(tiny, tmp_path):
         torch.testing.assert_close(model_state[k], v, rtol=0, atol=0)
     # scheduler: stepped once per finished iteration, past the step at iteration 1
     assert trainer.scheduler.last_epoch == saved_sched["last_epoch"] == 2
-    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(cfg.SOLVER.BASE_LR * cfg.SOLVER.GAMMA)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(
+        cfg.SOLVER.BASE_LR * cfg.SOLVER.GAMMA
+    )
 
     trainer.train()  # finishes iterations 2 and 3
     assert trainer.iter == 4
@@ -173,8 +189,11 @@ def broken_copy(toy_root, tmp_path):
         elif kind != "missing":
             raise ValueError(kind)
         register_coco_panoptic(
-            name, toy_dataset_metadata(), os.path.join(toy_root, "val", "images"),
-            os.path.join(toy_root, "val", "panoptic"), str(path),
+            name,
+            toy_dataset_metadata(),
+            os.path.join(toy_root, "val", "images"),
+            os.path.join(toy_root, "val", "panoptic"),
+            str(path),
         )
         names.append(name)
         return name, str(path)
@@ -188,8 +207,11 @@ def broken_copy(toy_root, tmp_path):
 def test_load_dataset_dicts_good(toy_root):
     name = "toy_good_for_load_dataset_dicts"
     register_coco_panoptic(
-        name, toy_dataset_metadata(), os.path.join(toy_root, "val", "images"),
-        os.path.join(toy_root, "val", "panoptic"), os.path.join(toy_root, "annotations", "panoptic_val.json"),
+        name,
+        toy_dataset_metadata(),
+        os.path.join(toy_root, "val", "images"),
+        os.path.join(toy_root, "val", "panoptic"),
+        os.path.join(toy_root, "annotations", "panoptic_val.json"),
     )
     try:
         dicts = load_dataset_dicts([name])
@@ -222,11 +244,12 @@ def test_load_dataset_dicts_unreadable_json(broken_copy, kind):
 
 # ---- multi-process -------------------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU/gloo launch test: with a GPU, launch() uses NCCL")
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="CPU/gloo launch test: with a GPU, launch() uses NCCL"
+)
 def test_two_process_training_on_cpu(toy_root, tmp_path):
-    from detectron2.engine import launch
-
     from _dist_main import train_main  # noqa: E402  (tests/engine is on sys.path under pytest)
+    from detectron2.engine import launch
 
     out = tmp_path / "out"
     max_iter = 3

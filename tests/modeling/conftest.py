@@ -1,7 +1,7 @@
 """Fixtures of the modeling tests; the tiny-config builder and input helpers live in detr_test_utils."""
+
 import pytest
 import torch
-
 from detr_test_utils import build_tiny_model, make_input, tiny_cfg  # noqa: F401  (re-exported helpers)
 
 

@@ -1,11 +1,11 @@
 """build_detr_resnet_backbone: Detectron2's ResNet, and DETR's DC5 exactly as torchvision dilates it."""
+
 import pytest
 import torch
 import torchvision
 from detectron2.config import get_cfg
-from detectron2.layers import ShapeSpec
+from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, build_resnet_backbone
-from detectron2.layers import FrozenBatchNorm2d
 
 from detr_panoptic_d2.checkpoint import convert_torchvision_resnet
 from detr_panoptic_d2.modeling import build_detr_resnet_backbone
@@ -24,8 +24,11 @@ def _cfg(depth=50, dilation=1):
 
 def _randomized_torchvision(dilation, seed=0):
     torch.manual_seed(seed)
-    tv = torchvision.models.resnet50(weights=None, replace_stride_with_dilation=[False, False, dilation],
-                                     norm_layer=torchvision.ops.FrozenBatchNorm2d)
+    tv = torchvision.models.resnet50(
+        weights=None,
+        replace_stride_with_dilation=[False, False, dilation],
+        norm_layer=torchvision.ops.FrozenBatchNorm2d,
+    )
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, buf in tv.named_buffers():
@@ -68,9 +71,14 @@ def test_features_equal_torchvision(dilation):
     replace_stride_with_dilation (DETR's DC5 weights); Detectron2's own builder dilates every res5 block."""
     tv = _randomized_torchvision(dilation)
     ours = build_detr_resnet_backbone(_cfg(50, 2 if dilation else 1), ShapeSpec(channels=3)).eval()
-    state = {k[len("detr.backbone."):]: v for k, v in convert_torchvision_resnet(tv.state_dict()).items()}
+    state = {
+        k[len("detr.backbone.") :]: v
+        for k, v in convert_torchvision_resnet(tv.state_dict()).items()
+    }
     ours.load_state_dict(state, strict=True)
-    assert all(isinstance(m, FrozenBatchNorm2d) for n, m in ours.named_modules() if n.endswith(".norm"))
+    assert all(
+        isinstance(m, FrozenBatchNorm2d) for n, m in ours.named_modules() if n.endswith(".norm")
+    )
     x = torch.randn(1, 3, 96, 128)
     with torch.no_grad():
         expected, got = _torchvision_features(tv, x), ours(x)
@@ -79,7 +87,9 @@ def test_features_equal_torchvision(dilation):
         scale = expected[name].abs().max().item()  # activations grow to ~1e3 through random layers
         torch.testing.assert_close(got[name], expected[name], atol=1e-5 * scale, rtol=1e-5)
     assert got["res5"].shape[-2:] == ((6, 8) if dilation else (3, 4))
-    assert ours.res5[0].conv2.dilation == (1, 1) and ours.res5[1].conv2.dilation == ((2, 2) if dilation else (1, 1))
+    assert ours.res5[0].conv2.dilation == (1, 1) and ours.res5[1].conv2.dilation == (
+        (2, 2) if dilation else (1, 1)
+    )
 
 
 def test_bad_config_names_the_key():

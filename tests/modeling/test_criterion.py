@@ -1,4 +1,5 @@
 """SetCriterion: every loss against an independent hand computation on a small hand-built case."""
+
 import math
 
 import pytest
@@ -25,8 +26,12 @@ def hand_case(seed=0, n_aux=0):
         return {
             "pred_logits": torch.randn(2, 3, K + 1, generator=g, dtype=torch.float64),
             "pred_boxes": torch.tensor(
-                [[[0.5, 0.5, 0.2, 0.3], [0.3, 0.6, 0.4, 0.2], [0.6, 0.4, 0.3, 0.3]],
-                 [[0.4, 0.4, 0.2, 0.2], [0.55, 0.45, 0.5, 0.4], [0.2, 0.2, 0.1, 0.1]]], dtype=torch.float64)
+                [
+                    [[0.5, 0.5, 0.2, 0.3], [0.3, 0.6, 0.4, 0.2], [0.6, 0.4, 0.3, 0.3]],
+                    [[0.4, 0.4, 0.2, 0.2], [0.55, 0.45, 0.5, 0.4], [0.2, 0.2, 0.1, 0.1]],
+                ],
+                dtype=torch.float64,
+            )
             + 0.02 * torch.rand(2, 3, 4, generator=g, dtype=torch.float64),
         }
 
@@ -40,17 +45,27 @@ def hand_case(seed=0, n_aux=0):
     masks1 = torch.zeros(1, 4, 5, dtype=torch.bool)
     masks1[0, 2:, :] = True
     targets = [
-        {"labels": torch.tensor([1, 0]), "boxes": torch.tensor([[0.55, 0.45, 0.3, 0.3], [0.5, 0.5, 0.25, 0.3]],
-                                                                  dtype=torch.float64), "masks": masks0},
-        {"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.45, 0.4]], dtype=torch.float64),
-         "masks": masks1},
+        {
+            "labels": torch.tensor([1, 0]),
+            "boxes": torch.tensor(
+                [[0.55, 0.45, 0.3, 0.3], [0.5, 0.5, 0.25, 0.3]], dtype=torch.float64
+            ),
+            "masks": masks0,
+        },
+        {
+            "labels": torch.tensor([1]),
+            "boxes": torch.tensor([[0.5, 0.5, 0.45, 0.4]], dtype=torch.float64),
+            "masks": masks1,
+        },
     ]
     return outputs, targets
 
 
 def matched_pairs(targets):
     """[(b, q, t)] of the fixed matching."""
-    return [(b, q, t) for b, (qs, ts) in enumerate(INDICES) for q, t in zip(qs.tolist(), ts.tolist())]
+    return [
+        (b, q, t) for b, (qs, ts) in enumerate(INDICES) for q, t in zip(qs.tolist(), ts.tolist())
+    ]
 
 
 def ce_by_hand(logits, targets):
@@ -103,8 +118,12 @@ def masks_by_hand(pred_masks, targets, num_boxes, alpha=0.25, gamma=2.0):
     return focal / num_boxes, dice / num_boxes
 
 
-def make_criterion(matcher=fixed_matcher, losses=("labels", "boxes", "masks"), num_aux_layers=2, **kw):
-    crit = SetCriterion(K, matcher, WEIGHTS, losses=losses, num_aux_layers=num_aux_layers, eos_coef=EOS, **kw)
+def make_criterion(
+    matcher=fixed_matcher, losses=("labels", "boxes", "masks"), num_aux_layers=2, **kw
+):
+    crit = SetCriterion(
+        K, matcher, WEIGHTS, losses=losses, num_aux_layers=num_aux_layers, eos_coef=EOS, **kw
+    )
     return crit.double()  # float64 hand comparisons
 
 
@@ -126,8 +145,13 @@ def test_each_loss_matches_hand_computation():
     num_boxes = 3
     l1, giou = boxes_by_hand(outputs["pred_boxes"], targets, num_boxes)
     focal, dice = masks_by_hand(outputs["pred_masks"], targets, num_boxes)
-    expected = {"loss_ce": ce_by_hand(outputs["pred_logits"], targets), "loss_bbox": l1, "loss_giou": giou,
-                "loss_mask": focal, "loss_dice": dice}
+    expected = {
+        "loss_ce": ce_by_hand(outputs["pred_logits"], targets),
+        "loss_bbox": l1,
+        "loss_giou": giou,
+        "loss_mask": focal,
+        "loss_dice": dice,
+    }
     for k, v in expected.items():
         assert losses[k].item() == pytest.approx(WEIGHTS[k] * v, rel=1e-9, abs=1e-12), k
 
@@ -150,7 +174,9 @@ def test_matched_query_index_and_mask_rows():
 def test_weight_dict_expanded_up_front():
     crit = make_criterion(num_aux_layers=2)
     base = {"loss_ce", "loss_bbox", "loss_giou"}
-    assert set(crit.weight_dict) == base | {"loss_mask", "loss_dice"} | {f"{k}_{i}" for k in base for i in (0, 1)}
+    assert set(crit.weight_dict) == base | {"loss_mask", "loss_dice"} | {
+        f"{k}_{i}" for k in base for i in (0, 1)
+    }
     assert crit.weight_dict["loss_giou_1"] == WEIGHTS["loss_giou"]
     assert set(make_criterion(losses=("masks",)).weight_dict) == {"loss_mask", "loss_dice"}
     with pytest.raises(ValueError, match="unknown losses"):
@@ -162,8 +188,9 @@ def test_mask_loss_upsamples_bilinearly_to_target_size():
     small = outputs["pred_masks"][..., :2, :3].clone()  # (2, 3, 2, 3) → upsampled to (4, 5)
     outputs["pred_masks"] = small
     losses, _, _ = run(make_criterion(), outputs, targets)
-    up = torch.nn.functional.interpolate(small.flatten(0, 1)[:, None], size=(4, 5), mode="bilinear",
-                                         align_corners=False).view(2, 3, 4, 5)
+    up = torch.nn.functional.interpolate(
+        small.flatten(0, 1)[:, None], size=(4, 5), mode="bilinear", align_corners=False
+    ).view(2, 3, 4, 5)
     focal, dice = masks_by_hand(up, targets, 3)
     assert losses["loss_mask"].item() == pytest.approx(WEIGHTS["loss_mask"] * focal, rel=1e-9)
     assert losses["loss_dice"].item() == pytest.approx(WEIGHTS["loss_dice"] * dice, rel=1e-9)
@@ -178,9 +205,12 @@ def test_aux_losses_suffixed_and_weighted():
     for i, aux in enumerate(outputs["aux_outputs"]):
         l1, giou = boxes_by_hand(aux["pred_boxes"], targets, 3)
         assert losses[f"loss_ce_{i}"].item() == pytest.approx(
-            WEIGHTS["loss_ce"] * ce_by_hand(aux["pred_logits"], targets), rel=1e-9)
+            WEIGHTS["loss_ce"] * ce_by_hand(aux["pred_logits"], targets), rel=1e-9
+        )
         assert losses[f"loss_bbox_{i}"].item() == pytest.approx(WEIGHTS["loss_bbox"] * l1, rel=1e-9)
-        assert losses[f"loss_giou_{i}"].item() == pytest.approx(WEIGHTS["loss_giou"] * giou, rel=1e-9)
+        assert losses[f"loss_giou_{i}"].item() == pytest.approx(
+            WEIGHTS["loss_giou"] * giou, rel=1e-9
+        )
     # aux layers are matched on their own predictions: the real matcher is called once per layer
     calls = []
 
@@ -190,7 +220,10 @@ def test_aux_losses_suffixed_and_weighted():
 
     run(make_criterion(counting_matcher, losses=BOXES), outputs, targets)
     assert len(calls) == 3
-    assert calls[1] is outputs["aux_outputs"][0]["pred_logits"] and calls[2] is outputs["aux_outputs"][1]["pred_logits"]
+    assert (
+        calls[1] is outputs["aux_outputs"][0]["pred_logits"]
+        and calls[2] is outputs["aux_outputs"][1]["pred_logits"]
+    )
 
 
 def test_metrics_are_not_losses():
@@ -200,8 +233,12 @@ def test_metrics_are_not_losses():
     assert not any(k in losses for k in metrics)
     logits = outputs["pred_logits"]
     matched = matched_pairs(targets)
-    correct = sum(logits[b, q].argmax().item() == targets[b]["labels"][t].item() for b, q, t in matched)
-    assert metrics["class_error"].item() == pytest.approx(100 - 100 * correct / len(matched), abs=1e-4)
+    correct = sum(
+        logits[b, q].argmax().item() == targets[b]["labels"][t].item() for b, q, t in matched
+    )
+    assert metrics["class_error"].item() == pytest.approx(
+        100 - 100 * correct / len(matched), abs=1e-4
+    )
     card = [(logits[b].argmax(-1) != K).sum().item() for b in range(2)]
     expected_card = (abs(card[0] - 2) + abs(card[1] - 1)) / 2
     assert metrics["cardinality_error"].item() == pytest.approx(expected_card)
@@ -221,13 +258,20 @@ def test_image_without_targets():
     logits = torch.randn(1, 4, K + 1, generator=g, dtype=torch.float64, requires_grad=True)
     boxes = torch.rand(1, 4, 4, generator=g, dtype=torch.float64) * 0.3 + 0.2
     boxes.requires_grad_(True)
-    targets = [{"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4, dtype=torch.float64)}]
+    targets = [
+        {
+            "labels": torch.zeros(0, dtype=torch.int64),
+            "boxes": torch.zeros(0, 4, dtype=torch.float64),
+        }
+    ]
     crit = make_criterion(HungarianMatcher(), losses=BOXES)
     assert crit.num_boxes(targets, "cpu") == 1.0
     losses, metrics, indices = run(crit, {"pred_logits": logits, "pred_boxes": boxes}, targets)
     assert indices[0][0].numel() == 0
     assert losses["loss_bbox"].item() == 0 and losses["loss_giou"].item() == 0
-    expected_ce = -logits[0].log_softmax(-1)[:, K].mean().item()  # all no-object: the weights cancel
+    expected_ce = (
+        -logits[0].log_softmax(-1)[:, K].mean().item()
+    )  # all no-object: the weights cancel
     assert losses["loss_ce"].item() == pytest.approx(WEIGHTS["loss_ce"] * expected_ce, rel=1e-9)
     assert metrics["class_error"].item() == 0
     sum(losses.values()).backward()

@@ -1,13 +1,13 @@
 """DETR's mask head: attention maps, subset-of-queries computation, stage-2 freezing."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
-
-from detr_panoptic_d2.modeling import DetrMaskHead, MaskHeadSmallConv, MHAttentionMap
-
 from detr_test_utils import NUM_QUERIES, build_tiny_model, make_input, tiny_cfg
+
+from detr_panoptic_d2.modeling import MaskHeadSmallConv, MHAttentionMap
 
 
 # ---- MHAttentionMap -----------------------------------------------------------------------------------
@@ -25,7 +25,9 @@ def test_attention_map_shape_normalization_and_padding():
     q, k, mask = _attention_inputs()
     out = att(q, k, mask)
     assert out.shape == (4, 4, 3, 5)  # (Q, M, h, w)
-    torch.testing.assert_close(out.sum((1, 2, 3)), torch.ones(4))  # joint softmax over heads x positions
+    torch.testing.assert_close(
+        out.sum((1, 2, 3)), torch.ones(4)
+    )  # joint softmax over heads x positions
     assert (out[:, :, mask] == 0).all()
     assert (out[:, :, ~mask] > 0).all()
 
@@ -45,7 +47,10 @@ def test_attention_map_against_hand_einsum():
     c = hidden // heads
     logits = torch.empty(q.shape[0], heads, 3, 5)
     for n in range(heads):
-        logits[:, n] = torch.einsum("qc,chw->qhw", qp[:, n * c:(n + 1) * c], kp[n * c:(n + 1) * c]) / c ** 0.5
+        logits[:, n] = (
+            torch.einsum("qc,chw->qhw", qp[:, n * c : (n + 1) * c], kp[n * c : (n + 1) * c])
+            / c**0.5
+        )
     logits[:, :, mask] = float("-inf")
     expected = logits.flatten(1).softmax(-1).view_as(logits)
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-5)
@@ -61,7 +66,9 @@ def test_attention_map_scaled_to_uniform():
     valid = int((~mask).sum())
     assert valid == 8
     torch.testing.assert_close(scaled(q, k, mask), detr(q, k, mask) * (4 * valid))
-    torch.testing.assert_close(scaled(q, k), detr(q, k) * (4 * 15))  # no padding mask: all 3 x 5 positions
+    torch.testing.assert_close(
+        scaled(q, k), detr(q, k) * (4 * 15)
+    )  # no padding mask: all 3 x 5 positions
     with torch.no_grad():
         scaled.q_linear.weight.zero_()  # every logit 0: uniform attention over the valid positions
     out = scaled(q, k, mask)
@@ -72,7 +79,9 @@ def test_attention_map_scaled_to_uniform():
 def test_mask_head_attention_scale_from_config():
     assert not tiny_cfg().MODEL.MASK_HEAD.SCALE_ATTENTION_MAPS  # DETR's head by default
     for flag in (False, True):
-        head = build_tiny_model(mask_head=True, **{"MODEL.MASK_HEAD.SCALE_ATTENTION_MAPS": flag}).mask_head
+        head = build_tiny_model(
+            mask_head=True, **{"MODEL.MASK_HEAD.SCALE_ATTENTION_MAPS": flag}
+        ).mask_head
         assert head.bbox_attention.scale_to_uniform is flag
 
 
@@ -111,8 +120,12 @@ def _detr_reference_masks(model, state):
     x = F.relu(conv.gn1(conv.lay1(x)))
     x = F.relu(conv.gn2(conv.lay2(x)))
     fpns = [state["backbone"][f] for f in head.in_features]
-    for fpn, adapter, lay, gn in zip(fpns, (conv.adapter1, conv.adapter2, conv.adapter3),
-                                     (conv.lay3, conv.lay4, conv.lay5), (conv.gn3, conv.gn4, conv.gn5)):
+    for fpn, adapter, lay, gn in zip(
+        fpns,
+        (conv.adapter1, conv.adapter2, conv.adapter3),
+        (conv.lay3, conv.lay4, conv.lay5),
+        (conv.gn3, conv.gn4, conv.gn5),
+    ):
         cur = adapter(fpn)
         cur = expand(cur, x.size(0) // cur.size(0))
         x = cur + F.interpolate(x, size=cur.shape[-2:], mode="nearest")
@@ -143,7 +156,9 @@ def test_mask_head_full_and_subset_equal_detr_batched(mask_model_state):
         q_sub = torch.tensor([7, 3, 0, 9, 1])
         sub = model.mask_head(state, b_sub, q_sub)
         one = model.mask_head(state, torch.tensor([1]), torch.tensor([4]))
-        none = model.mask_head(state, torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+        none = model.mask_head(
+            state, torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+        )
     assert full.shape == (bsz * n, 96 // 4, 96 // 4)
     torch.testing.assert_close(full.view(bsz, n, 24, 24), ref, atol=1e-5, rtol=1e-5)
     assert sub.shape == (5, 24, 24)
@@ -250,15 +265,22 @@ def test_stage2_loads_freezes_and_trains_mask_head_only(stage1_checkpoint):
     with EventStorage() as storage:
         losses = model(batch)
         latest = storage.latest()
-    assert set(losses) == {"loss_mask", "loss_dice"}  # box losses of the frozen part are metrics only
+    assert set(losses) == {
+        "loss_mask",
+        "loss_dice",
+    }  # box losses of the frozen part are metrics only
     assert "loss_ce" in latest and "class_error" in latest
     sum(losses.values()).backward()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=1e-4)
+    opt = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=1e-4
+    )
     opt.step()
     after = model.state_dict()
     for k in det_keys:
         assert torch.equal(after[k], before[k]), k
-    changed = [k for k in after if k.startswith("mask_head.") and not torch.equal(after[k], before[k])]
+    changed = [
+        k for k in after if k.startswith("mask_head.") and not torch.equal(after[k], before[k])
+    ]
     assert set(changed) == {k for k in after if k.startswith("mask_head.")}
 
     # frozen detection part in eval mode: no dropout, the detection outputs are deterministic in train mode
@@ -281,15 +303,21 @@ def test_stage2_mismatched_checkpoint(tmp_path):
     del missing["detr.class_embed.bias"]
     torch.save({"model": missing}, tmp_path / "missing.pth")
     with pytest.raises(ValueError, match="class_embed.bias"):
-        build_tiny_model(mask_head=True, **{"MODEL.DETR.FROZEN_WEIGHTS": str(tmp_path / "missing.pth")})
+        build_tiny_model(
+            mask_head=True, **{"MODEL.DETR.FROZEN_WEIGHTS": str(tmp_path / "missing.pth")}
+        )
 
     extra = dict(state)
     extra["detr.transformer.bogus"] = torch.zeros(1)
     torch.save({"model": extra}, tmp_path / "extra.pth")
     with pytest.raises(ValueError, match="transformer.bogus"):
-        build_tiny_model(mask_head=True, **{"MODEL.DETR.FROZEN_WEIGHTS": str(tmp_path / "extra.pth")})
+        build_tiny_model(
+            mask_head=True, **{"MODEL.DETR.FROZEN_WEIGHTS": str(tmp_path / "extra.pth")}
+        )
 
     other = build_tiny_model(seed=0, **{"MODEL.DETR.NUM_CLASSES": 7}).state_dict()
     torch.save({"model": other}, tmp_path / "shape.pth")
     with pytest.raises(ValueError, match="class_embed.weight"):
-        build_tiny_model(mask_head=True, **{"MODEL.DETR.FROZEN_WEIGHTS": str(tmp_path / "shape.pth")})
+        build_tiny_model(
+            mask_head=True, **{"MODEL.DETR.FROZEN_WEIGHTS": str(tmp_path / "shape.pth")}
+        )

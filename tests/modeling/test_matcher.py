@@ -1,4 +1,5 @@
 """HungarianMatcher against a brute-force optimum over all assignments, on an independently built cost."""
+
 import itertools
 
 import pytest
@@ -32,7 +33,11 @@ def cost_matrix_by_hand(logits, boxes, labels, tboxes):
         row = []
         for j in range(len(tboxes)):
             l1 = sum(abs(p - t) for p, t in zip(boxes[i], tboxes[j]))
-            row.append(W_CLASS * -prob[i][labels[j]] + W_BBOX * l1 + W_GIOU * -giou_by_hand(boxes[i], tboxes[j]))
+            row.append(
+                W_CLASS * -prob[i][labels[j]]
+                + W_BBOX * l1
+                + W_GIOU * -giou_by_hand(boxes[i], tboxes[j])
+            )
         cost.append(row)
     return cost
 
@@ -42,7 +47,8 @@ def brute_force_min(cost, n_queries, n_targets):
     if n_targets == 0:
         return 0.0
     return min(
-        sum(cost[q][t] for t, q in enumerate(perm)) for perm in itertools.permutations(range(n_queries), n_targets)
+        sum(cost[q][t] for t, q in enumerate(perm))
+        for perm in itertools.permutations(range(n_queries), n_targets)
     )
 
 
@@ -61,17 +67,23 @@ def test_matches_brute_force_optimum(seed):
         "pred_boxes": random_boxes(g, 2 * N_QUERIES).view(2, N_QUERIES, 4),
     }
     targets = [
-        {"labels": torch.randint(0, N_CLASSES, (n,), generator=g), "boxes": random_boxes(g, n)} for n in sizes
+        {"labels": torch.randint(0, N_CLASSES, (n,), generator=g), "boxes": random_boxes(g, n)}
+        for n in sizes
     ]
     indices = HungarianMatcher(W_CLASS, W_BBOX, W_GIOU)(outputs, targets)
     assert len(indices) == 2
     for b, (n, (qi, ti)) in enumerate(zip(sizes, indices)):
         assert qi.dtype == ti.dtype == torch.int64
         assert len(qi) == len(ti) == n
-        assert len(set(qi.tolist())) == n and sorted(ti.tolist()) == list(range(n))  # one-to-one, all targets
+        assert len(set(qi.tolist())) == n and sorted(ti.tolist()) == list(
+            range(n)
+        )  # one-to-one, all targets
         assert qi.tolist() == sorted(qi.tolist())
         cost = cost_matrix_by_hand(
-            outputs["pred_logits"][b], outputs["pred_boxes"][b], targets[b]["labels"], targets[b]["boxes"]
+            outputs["pred_logits"][b],
+            outputs["pred_boxes"][b],
+            targets[b]["labels"],
+            targets[b]["boxes"],
         )
         got = sum(cost[q][t] for q, t in zip(qi.tolist(), ti.tolist()))
         assert got == pytest.approx(brute_force_min(cost, N_QUERIES, n), abs=1e-4)
@@ -83,7 +95,9 @@ def test_costs_are_weighted():
     logits[0, 0, 1] = logits[0, 1, 0] = logits[0, 2, 2] = 10.0
     boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2]] * 3])
     targets = [{"labels": torch.tensor([0, 1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]] * 2)}]
-    (qi, ti), = HungarianMatcher(1.0, 0.0, 0.0)({"pred_logits": logits, "pred_boxes": boxes}, targets)
+    ((qi, ti),) = HungarianMatcher(1.0, 0.0, 0.0)(
+        {"pred_logits": logits, "pred_boxes": boxes}, targets
+    )
     assert dict(zip(ti.tolist(), qi.tolist())) == {0: 1, 1: 0}
     with pytest.raises(ValueError):
         HungarianMatcher(0, 0, 0)
@@ -91,10 +105,15 @@ def test_costs_are_weighted():
 
 def test_no_targets_gives_empty_indices():
     g = torch.Generator().manual_seed(0)
-    outputs = {"pred_logits": torch.randn(2, N_QUERIES, N_CLASSES + 1, generator=g),
-               "pred_boxes": random_boxes(g, 2 * N_QUERIES).view(2, N_QUERIES, 4)}
+    outputs = {
+        "pred_logits": torch.randn(2, N_QUERIES, N_CLASSES + 1, generator=g),
+        "pred_boxes": random_boxes(g, 2 * N_QUERIES).view(2, N_QUERIES, 4),
+    }
     empty = {"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)}
-    for targets in ([empty, empty], [empty, {"labels": torch.tensor([1]), "boxes": random_boxes(g, 1)}]):
+    for targets in (
+        [empty, empty],
+        [empty, {"labels": torch.tensor([1]), "boxes": random_boxes(g, 1)}],
+    ):
         indices = HungarianMatcher()(outputs, targets)
         qi, ti = indices[0]
         assert qi.numel() == 0 and ti.numel() == 0 and qi.dtype == ti.dtype == torch.int64

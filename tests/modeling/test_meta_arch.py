@@ -1,14 +1,21 @@
 """DetrPanoptic end to end on a tiny config: losses, gradients, inference outputs, padding, targets."""
+
 import pytest
 import torch
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
+from detr_test_utils import (
+    DEC_LAYERS,
+    NUM_CLASSES,
+    NUM_QUERIES,
+    build_tiny_model,
+    make_input,
+    tiny_cfg,
+)
 
 from detr_panoptic_d2.modeling import DetrPanoptic
 from detr_panoptic_d2.modeling.box_ops import cxcywh_to_xyxy
-
-from detr_test_utils import DEC_LAYERS, NUM_CLASSES, NUM_QUERIES, build_tiny_model, make_input, tiny_cfg
 
 STAGE1_KEYS = {"loss_ce", "loss_bbox", "loss_giou"}
 AUX_KEYS = {f"{k}_{i}" for k in STAGE1_KEYS for i in range(DEC_LAYERS - 1)}
@@ -38,7 +45,11 @@ def test_train_step_losses_metrics_and_gradients(tiny_model):
     assert not missing, missing
     assert all(torch.isfinite(p.grad).all() for _, p in trainable)
     # FREEZE_AT=2 (default): stem and res2 are frozen and get no gradient
-    assert all(p.grad is None for n, p in tiny_model.named_parameters() if n.startswith("detr.backbone.stem."))
+    assert all(
+        p.grad is None
+        for n, p in tiny_model.named_parameters()
+        if n.startswith("detr.backbone.stem.")
+    )
 
 
 def test_train_outside_event_storage(tiny_model):
@@ -92,7 +103,12 @@ def test_inference_instances_rescaled_to_requested_size(tiny_model):
     assert isinstance(inst, Instances) and inst.image_size == (100, 50)
     assert len(inst) == NUM_QUERIES  # without a mask head every query is an instance, as DETR
     b = inst.pred_boxes.tensor
-    assert (b[:, 0] >= 0).all() and (b[:, 2] <= 50).all() and (b[:, 1] >= 0).all() and (b[:, 3] <= 100).all()
+    assert (
+        (b[:, 0] >= 0).all()
+        and (b[:, 2] <= 50).all()
+        and (b[:, 1] >= 0).all()
+        and (b[:, 3] <= 100).all()
+    )
     assert (b[:, 2] >= b[:, 0]).all() and (b[:, 3] >= b[:, 1]).all()
     assert ((inst.scores >= 0) & (inst.scores <= 1)).all()
     assert ((inst.pred_classes >= 0) & (inst.pred_classes < NUM_CLASSES)).all()
@@ -117,13 +133,18 @@ def test_deterministic_for_fixed_seed():
     assert s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)
     with torch.no_grad():
         i1, i2 = m1([x])[0]["instances"], m2([x])[0]["instances"]
-    assert torch.equal(i1.pred_boxes.tensor, i2.pred_boxes.tensor) and torch.equal(i1.scores, i2.scores)
+    assert torch.equal(i1.pred_boxes.tensor, i2.pred_boxes.tensor) and torch.equal(
+        i1.scores, i2.scores
+    )
     m3 = build_tiny_model(seed=8)
     assert not torch.equal(m3.detr.query_embed.weight, m1.detr.query_embed.weight)
 
 
 def test_batch_of_different_sizes_and_padding_mask(tiny_model):
-    batch = [make_input(64, 96, 2, height=64, width=96), make_input(96, 64, 1, seed=1, height=48, width=32)]
+    batch = [
+        make_input(64, 96, 2, height=64, width=96),
+        make_input(96, 64, 1, seed=1, height=48, width=32),
+    ]
     images, mask = tiny_model.preprocess_image(batch)
     assert images.tensor.shape[-2:] == (96, 96) and images.image_sizes == [(64, 96), (96, 64)]
     expected = torch.ones(2, 96, 96, dtype=torch.bool)
@@ -145,13 +166,17 @@ def test_prepare_targets_drops_degenerate_boxes_and_normalizes(tiny_model):
     h, w = 64, 96
     small = make_input(h, w, 0)
     inst = Instances((h, w))
-    inst.gt_boxes = Boxes(torch.tensor([
-        [10.0, 20.0, 40.0, 50.0],  # kept
-        [30.0, 10.0, 30.0, 40.0],  # zero width
-        [5.0, 33.0, 25.0, 33.0],   # zero height
-        [100.0, 5.0, 120.0, 30.0],  # outside the image: zero width after clipping
-        [-10.0, -5.0, 20.0, 80.0],  # clipped to (0, 0, 20, 64), kept
-    ]))
+    inst.gt_boxes = Boxes(
+        torch.tensor(
+            [
+                [10.0, 20.0, 40.0, 50.0],  # kept
+                [30.0, 10.0, 30.0, 40.0],  # zero width
+                [5.0, 33.0, 25.0, 33.0],  # zero height
+                [100.0, 5.0, 120.0, 30.0],  # outside the image: zero width after clipping
+                [-10.0, -5.0, 20.0, 80.0],  # clipped to (0, 0, 20, 64), kept
+            ]
+        )
+    )
     inst.gt_classes = torch.tensor([0, 1, 2, 3, 4])
     small["instances"] = inst
     big = make_input(96, 128, 1, seed=2)
@@ -176,7 +201,10 @@ def test_prepare_targets_drops_masks_of_degenerate_boxes():
     gm = x["instances"].gt_masks.tensor
     assert t0["masks"].shape == (2, 96, 96) and t0["labels"].tolist() == [0, 2]
     assert torch.equal(t0["masks"][:, :64, :96], gm[[0, 2]]) and not t0["masks"][:, 64:].any()
-    assert torch.equal(t1["masks"][:, :, :64], y["instances"].gt_masks.tensor) and not t1["masks"][:, :, 64:].any()
+    assert (
+        torch.equal(t1["masks"][:, :, :64], y["instances"].gt_masks.tensor)
+        and not t1["masks"][:, :, 64:].any()
+    )
 
 
 def _register_metadata(name, things, stuff):
@@ -211,6 +239,8 @@ def test_without_metadata_every_class_is_a_thing(caplog):
 
 
 def test_metadata_with_more_classes_than_the_model_is_rejected():
-    _register_metadata("too_many_classes_set_for_test", things=[0], stuff=list(range(1, NUM_CLASSES + 2)))
+    _register_metadata(
+        "too_many_classes_set_for_test", things=[0], stuff=list(range(1, NUM_CLASSES + 2))
+    )
     with pytest.raises(ValueError, match="MODEL.DETR.NUM_CLASSES"):
         build_model(tiny_cfg(**{"DATASETS.TEST": ("too_many_classes_set_for_test",)}))

@@ -1,4 +1,5 @@
 """PositionEmbeddingSine against a per-pixel hand computation."""
+
 import math
 
 import pytest
@@ -7,7 +8,9 @@ import torch
 from detr_panoptic_d2.modeling import PositionEmbeddingSine
 
 
-def encoding_by_hand(mask, num_feats, temperature=10000.0, normalize=True, scale=2 * math.pi, eps=1e-6):
+def encoding_by_hand(
+    mask, num_feats, temperature=10000.0, normalize=True, scale=2 * math.pi, eps=1e-6
+):
     """(B, 2F, H, W) with python floats: coordinates = running count of valid pixels along each axis."""
     b_, h_, w_ = mask.shape
     valid = (~mask).tolist()
@@ -46,8 +49,9 @@ def test_sine_encoding_matches_hand_computation(num_feats):
 def test_sine_encoding_unnormalized_and_custom_temperature():
     mask = padded_mask()
     pos = PositionEmbeddingSine(4, temperature=20, normalize=False)(mask)
-    torch.testing.assert_close(pos.double(), encoding_by_hand(mask, 4, temperature=20, normalize=False),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        pos.double(), encoding_by_hand(mask, 4, temperature=20, normalize=False), atol=1e-5, rtol=0
+    )
     with pytest.raises(ValueError):
         PositionEmbeddingSine(4, normalize=False, scale=1.0)
 
@@ -61,4 +65,6 @@ def test_valid_region_encoding_independent_of_padding_amount():
     torch.testing.assert_close(enc(m_big)[..., :3, :4], enc(m_small))
     # last valid coordinate is 2*pi (up to eps) along both axes
     pos = enc(m_small)
-    torch.testing.assert_close(pos[0, 0, -1, 0], torch.tensor(math.sin(2 * math.pi / (1 + 1e-6 / 3))))
+    torch.testing.assert_close(
+        pos[0, 0, -1, 0], torch.tensor(math.sin(2 * math.pi / (1 + 1e-6 / 3)))
+    )

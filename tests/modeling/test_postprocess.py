@@ -1,14 +1,14 @@
 """Panoptic post-processing: hand-built cases with known answers, and a literal port of DETR's
 PostProcessPanoptic (PIL nearest resize) on random cases."""
+
 import numpy as np
 import pytest
 import torch
+from detr_test_utils import NUM_QUERIES, build_tiny_model, make_input
 from PIL import Image
 
 from detr_panoptic_d2.modeling import maskformer_merge, panoptic_merge, select_queries
 from detr_panoptic_d2.modeling.postprocess import upsample_masks
-
-from detr_test_utils import NUM_QUERIES, build_tiny_model, make_input
 
 IS_THING = torch.tensor([True, True, False, False])  # classes 0, 1 things; 2, 3 stuff
 LOW, HIGH = -5.0, 10.0
@@ -51,12 +51,14 @@ def check_segments_info(panoptic, info, classes, scores, expected_queries):
 
 # ---- select_queries ----------------------------------------------------------------------------------------
 def test_select_queries_strict_threshold_and_no_object():
-    logits = torch.tensor([
-        [4.0, 0.0, 0.0, 0.0, 0.0],  # confident class 0
-        [0.0, 0.0, 0.0, 0.0, 6.0],  # confident no-object: excluded
-        [1.0, 0.9, 0.0, 0.0, 0.0],  # argmax class 0, low score
-        [0.0, 0.0, 3.0, 0.0, 2.9],  # argmax class 2 just above no-object
-    ])
+    logits = torch.tensor(
+        [
+            [4.0, 0.0, 0.0, 0.0, 0.0],  # confident class 0
+            [0.0, 0.0, 0.0, 0.0, 6.0],  # confident no-object: excluded
+            [1.0, 0.9, 0.0, 0.0, 0.0],  # argmax class 0, low score
+            [0.0, 0.0, 3.0, 0.0, 2.9],  # argmax class 2 just above no-object
+        ]
+    )
     keep, scores, labels = select_queries(logits, 0.0)
     probs = logits.softmax(-1)
     torch.testing.assert_close(scores, probs.max(-1).values)
@@ -76,11 +78,15 @@ def _stuff_duplicate_case():
     """8x8. q0 thing (class 0) owns cols 0-1, q1 and q2 both stuff class 2 own cols 2-4 and 5-7.
     Without q2, cols 5-6 go to q0 (second highest) and col 7 to q1."""
     h = w = 8
-    logits = column_logits(h, w, [
-        {S(0, 2): HIGH, S(5, 7): 0.0},
-        {S(2, 5): HIGH, 7: 1.0},
-        {S(5, 8): HIGH},
-    ])
+    logits = column_logits(
+        h,
+        w,
+        [
+            {S(0, 2): HIGH, S(5, 7): 0.0},
+            {S(2, 5): HIGH, 7: 1.0},
+            {S(5, 8): HIGH},
+        ],
+    )
     classes = torch.tensor([0, 2, 2])
     scores = torch.tensor([0.9, 0.95, 0.99])
     return logits, classes, scores
@@ -120,11 +126,15 @@ def test_first_query_of_stuff_class_small_after_merge_removes_whole_class():
     """DETR quirk: q1 (stuff, own area 2) survives the merged pass thanks to q2's pixels, q2 (area 0 after
     relabeling) is removed; recomputed without relabeling, q1 has area 2 <= 4 and is removed too."""
     h = w = 8
-    logits = column_logits(h, w, [
-        {S(0, 4): HIGH, S(4, 8): 0.0},  # q0 thing: left half, second best on the right
-        {(S(0, 2), 4): HIGH + 5},  # q1 stuff class 3: 2 pixels
-        {S(4, 8): HIGH},  # q2 stuff class 3: the right half minus q1's pixels
-    ])
+    logits = column_logits(
+        h,
+        w,
+        [
+            {S(0, 4): HIGH, S(4, 8): 0.0},  # q0 thing: left half, second best on the right
+            {(S(0, 2), 4): HIGH + 5},  # q1 stuff class 3: 2 pixels
+            {S(4, 8): HIGH},  # q2 stuff class 3: the right half minus q1's pixels
+        ],
+    )
     classes = torch.tensor([0, 3, 3])
     scores = torch.tensor([0.9, 0.9, 0.9])
     panoptic, info = panoptic_merge(logits, classes, scores, IS_THING, (8, 8), 4, "first")
@@ -140,11 +150,15 @@ def test_first_query_of_stuff_class_small_after_merge_removes_whole_class():
 
 def test_stuff_class_with_small_merged_area_disappears():
     h = w = 8
-    logits = column_logits(h, w, [
-        {S(0, 8): 0.0},  # q0 thing everywhere, second best
-        {(S(0, 2), 0): HIGH},  # q1 stuff class 2: 2 px
-        {(S(0, 2), 1): HIGH},  # q2 stuff class 2: 2 px  -> merged area 4 <= 4
-    ])
+    logits = column_logits(
+        h,
+        w,
+        [
+            {S(0, 8): 0.0},  # q0 thing everywhere, second best
+            {(S(0, 2), 0): HIGH},  # q1 stuff class 2: 2 px
+            {(S(0, 2), 1): HIGH},  # q2 stuff class 2: 2 px  -> merged area 4 <= 4
+        ],
+    )
     classes = torch.tensor([1, 2, 2])
     scores = torch.tensor([0.5, 0.6, 0.7])
     for mode in ("first", "union"):
@@ -156,12 +170,16 @@ def test_stuff_class_with_small_merged_area_disappears():
 # ---- small segments, empty results, output size -------------------------------------------------------------
 def test_small_segments_removed_at_threshold():
     h = w = 8
-    logits = column_logits(h, w, [
-        {S(0, 8): 0.0},
-        {(S(0, 4), 0): HIGH},  # area 4: removed (<=)
-        {(S(0, 5), 7): HIGH},  # area 5: kept
-        {(S(6, 8), S(3, 5)): HIGH},  # area 4: removed
-    ])
+    logits = column_logits(
+        h,
+        w,
+        [
+            {S(0, 8): 0.0},
+            {(S(0, 4), 0): HIGH},  # area 4: removed (<=)
+            {(S(0, 5), 7): HIGH},  # area 5: kept
+            {(S(6, 8), S(3, 5)): HIGH},  # area 4: removed
+        ],
+    )
     classes = torch.tensor([0, 1, 1, 0])
     scores = torch.rand(4)
     panoptic, info = panoptic_merge(logits, classes, scores, IS_THING, (8, 8), 4)
@@ -175,9 +193,15 @@ def test_small_segments_removed_at_threshold():
 
 
 def test_nothing_kept():
-    panoptic, info = panoptic_merge(torch.zeros(0, 6, 7), torch.zeros(0, dtype=torch.long), torch.zeros(0),
-                                    IS_THING, (12, 5))
-    assert info == [] and panoptic.shape == (12, 5) and panoptic.dtype == torch.int32 and not panoptic.any()
+    panoptic, info = panoptic_merge(
+        torch.zeros(0, 6, 7), torch.zeros(0, dtype=torch.long), torch.zeros(0), IS_THING, (12, 5)
+    )
+    assert (
+        info == []
+        and panoptic.shape == (12, 5)
+        and panoptic.dtype == torch.int32
+        and not panoptic.any()
+    )
 
 
 def test_everything_small_gives_void():
@@ -200,11 +224,17 @@ def test_output_size_upsampled_areas_at_output_size():
 
 def test_output_size_downsampled_pil_nearest():
     # 8x8 input, output 4x4: PIL nearest samples input pixel (2i+1, 2j+1)
-    logits = column_logits(8, 8, [
-        {S(0, 8): 0.0},
-        {(S(0, 4), S(0, 4)): HIGH},  # 16 px in, 4 px out → removed at the output size
-        {(S(4, 8), S(3, 8)): HIGH},  # 20 px in; out: rows 2-3, cols with 2j+1 >= 3 → j 1..3 = 6 px
-    ])
+    logits = column_logits(
+        8,
+        8,
+        [
+            {S(0, 8): 0.0},
+            {(S(0, 4), S(0, 4)): HIGH},  # 16 px in, 4 px out → removed at the output size
+            {
+                (S(4, 8), S(3, 8)): HIGH
+            },  # 20 px in; out: rows 2-3, cols with 2j+1 >= 3 → j 1..3 = 6 px
+        ],
+    )
     classes, scores = torch.tensor([0, 1, 2]), torch.tensor([0.7, 0.8, 0.9])
     panoptic, info = panoptic_merge(logits, classes, scores, IS_THING, (4, 4))
     expected = torch.ones(4, 4, dtype=torch.int32)
@@ -238,7 +268,9 @@ def detr_reference(mask_logits, classes, is_thing, output_size, min_area=4):
                 if len(equiv) > 1:
                     for eq in equiv:
                         m_id[m_id == eq] = equiv[0]
-        img = Image.fromarray(m_id.astype(np.uint8)).resize(output_size[::-1], resample=Image.NEAREST)
+        img = Image.fromarray(m_id.astype(np.uint8)).resize(
+            output_size[::-1], resample=Image.NEAREST
+        )
         m_id = np.asarray(img).astype(np.int64)
         return [int((m_id == i).sum()) for i in range(n)], m_id
 
@@ -262,8 +294,11 @@ def random_merge_case(seed, stuff_duplicates):
     q = int(torch.randint(0, 7, (1,), generator=g))
     h, w = [int(v) for v in torch.randint(6, 13, (2,), generator=g)]
     coarse = torch.randn(q, 3, 3, generator=g) * 3
-    logits = torch.nn.functional.interpolate(coarse[:, None], size=(h, w), mode="bilinear")[:, 0] if q else \
-        torch.zeros(0, h, w)
+    logits = (
+        torch.nn.functional.interpolate(coarse[:, None], size=(h, w), mode="bilinear")[:, 0]
+        if q
+        else torch.zeros(0, h, w)
+    )
     logits = logits + 0.3 * torch.randn(q, h, w, generator=g)
     classes = torch.randint(0, 4, (q,), generator=g)
     if q > 2 and stuff_duplicates:
@@ -280,7 +315,9 @@ def test_first_mode_matches_detr_reference(seed):
     ref_ids, ref_segments = detr_reference(logits, classes, IS_THING, out_size)
     assert panoptic.shape == out_size
     assert torch.equal(panoptic.long(), ref_ids)
-    assert [(s["category_id"], s["area"]) for s in info] == [(int(classes[qi]), a) for qi, a in ref_segments]
+    assert [(s["category_id"], s["area"]) for s in info] == [
+        (int(classes[qi]), a) for qi, a in ref_segments
+    ]
     check_segments_info(panoptic, info, classes, scores, [qi for qi, _ in ref_segments])
 
 
@@ -299,7 +336,9 @@ def test_model_panoptic_output_with_patched_heads(monkeypatch, mode):
     chosen = {1: 0, 4: 2, 6: 2, 8: 3}  # query → class; others no-object
     for qi in range(NUM_QUERIES):
         logits[0, qi, chosen.get(qi, 5)] = 10.0
-        logits[0, qi, 3] = max(logits[0, qi, 3].item(), -5.0)  # best real class of no-object queries: stuff
+        logits[0, qi, 3] = max(
+            logits[0, qi, 3].item(), -5.0
+        )  # best real class of no-object queries: stuff
     requested = []
 
     def detr(images, mask):
@@ -312,7 +351,7 @@ def test_model_panoptic_output_with_patched_heads(monkeypatch, mode):
         h4, w4 = features["backbone"]["res2"].shape[-2:]
         m = torch.full((len(q), h4, w4), -3.0)
         for row, qi in enumerate(q.tolist()):
-            m[row, :, (qi * 3) % w4:(qi * 3) % w4 + 6] = float(qi)
+            m[row, :, (qi * 3) % w4 : (qi * 3) % w4 + 6] = float(qi)
         return m
 
     monkeypatch.setattr(model.detr, "forward", detr)
@@ -325,8 +364,17 @@ def test_model_panoptic_output_with_patched_heads(monkeypatch, mode):
     masks = mask_head({"backbone": {"res2": torch.zeros(1, 1, 16, 24)}}, None, kept_q)
     up = upsample_masks(masks, (64, 96), (64, 96))
     probs = logits[0].softmax(-1)
-    args = (up, torch.tensor([0, 2, 2, 3]), probs[kept_q].max(-1).values, post.is_thing, (40, 60), 4)
-    exp_pan, exp_info = panoptic_merge(*args, "first") if mode == "detr" else maskformer_merge(*args, 0.8)
+    args = (
+        up,
+        torch.tensor([0, 2, 2, 3]),
+        probs[kept_q].max(-1).values,
+        post.is_thing,
+        (40, 60),
+        4,
+    )
+    exp_pan, exp_info = (
+        panoptic_merge(*args, "first") if mode == "detr" else maskformer_merge(*args, 0.8)
+    )
     pan, info = res["panoptic_seg"]
     assert torch.equal(pan, exp_pan) and info == exp_info
     # the duplicate stuff query 6 merged into query 4; with MaskFormer's merge query 1 (thing) loses half of its
@@ -336,8 +384,16 @@ def test_model_panoptic_output_with_patched_heads(monkeypatch, mode):
     assert inst.pred_classes.tolist() == [0] and inst.pred_masks.shape == (1, 40, 60)
 
 
-@pytest.mark.parametrize("size_in,size_out", [((12, 12), (25, 15)), ((2, 7), (7, 2)), ((8, 8), (4, 4)),
-                                              ((40, 53), (97, 31)), ((800, 1066), (480, 640))])
+@pytest.mark.parametrize(
+    "size_in,size_out",
+    [
+        ((12, 12), (25, 15)),
+        ((2, 7), (7, 2)),
+        ((8, 8), (4, 4)),
+        ((40, 53), (97, 31)),
+        ((800, 1066), (480, 640)),
+    ],
+)
 def test_id_map_resize_matches_pil_nearest(size_in, size_out):
     """DETR resizes its id PNG with PIL's NEAREST; torch's "nearest-exact" picks other pixels where the
     sampling position falls on an integer (e.g. 12 → 15: output column 7)."""
@@ -345,8 +401,12 @@ def test_id_map_resize_matches_pil_nearest(size_in, size_out):
 
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(-1, 200, size_in, generator=g)
-    pil = Image.fromarray(ids.int().numpy(), mode="I").resize(size_out[::-1], resample=Image.NEAREST)
-    assert torch.equal(_resize_ids(ids, size_out), torch.from_numpy(np.asarray(pil).astype(np.int64)))
+    pil = Image.fromarray(ids.int().numpy(), mode="I").resize(
+        size_out[::-1], resample=Image.NEAREST
+    )
+    assert torch.equal(
+        _resize_ids(ids, size_out), torch.from_numpy(np.asarray(pil).astype(np.int64))
+    )
 
 
 # ---- MaskFormer's merge (PANOPTIC_MERGE: "maskformer") ----------------------------------------------------
@@ -440,13 +500,16 @@ def test_maskformer_merge_small_segments_at_output_size():
 
 
 def test_maskformer_merge_nothing_kept():
-    panoptic, info = maskformer_merge(torch.zeros(0, 5, 6), torch.zeros(0, dtype=torch.long), torch.zeros(0),
-                                      IS_THING, (7, 9))
+    panoptic, info = maskformer_merge(
+        torch.zeros(0, 5, 6), torch.zeros(0, dtype=torch.long), torch.zeros(0), IS_THING, (7, 9)
+    )
     assert panoptic.shape == (7, 9) and not panoptic.any() and info == []
 
 
-@pytest.mark.parametrize("key,value", [("PANOPTIC_MERGE", "mask2former"), ("OVERLAP_THRESHOLD", 1.5),
-                                       ("OVERLAP_THRESHOLD", -0.1)])
+@pytest.mark.parametrize(
+    "key,value",
+    [("PANOPTIC_MERGE", "mask2former"), ("OVERLAP_THRESHOLD", 1.5), ("OVERLAP_THRESHOLD", -0.1)],
+)
 def test_invalid_merge_settings_name_the_key(key, value):
     with pytest.raises(ValueError, match=f"MODEL.DETR.TEST.{key}"):
         build_tiny_model(mask_head=True, **{f"MODEL.DETR.TEST.{key}": value})

@@ -1,4 +1,5 @@
 """Transformer: shapes, padding invariance, decoder norm on every layer, pre-norm variant."""
+
 import pytest
 import torch
 
@@ -20,7 +21,9 @@ def make_inputs(seed=0):
 
 def build(pre_norm=False, enc=2, dec=3, seed=0):
     torch.manual_seed(seed)
-    return Transformer(D, HEADS, enc, dec, dim_feedforward=64, dropout=0.1, normalize_before=pre_norm).eval()
+    return Transformer(
+        D, HEADS, enc, dec, dim_feedforward=64, dropout=0.1, normalize_before=pre_norm
+    ).eval()
 
 
 @pytest.mark.parametrize("pre_norm", [False, True])
@@ -30,7 +33,9 @@ def test_output_shapes(pre_norm):
     hs, memory = t(src, mask, query, pos)
     assert hs.shape == (3, 2, N, D)  # (dec layers, B, N, C)
     assert memory.shape == src.shape
-    assert torch.isfinite(hs).all() and torch.isfinite(memory[~mask[:, None].expand_as(memory)]).all()
+    assert (
+        torch.isfinite(hs).all() and torch.isfinite(memory[~mask[:, None].expand_as(memory)]).all()
+    )
     assert (t.encoder_norm is not None) == pre_norm
     assert len(t.encoder_layers) == 2 and len(t.decoder_layers) == 3
 
@@ -59,7 +64,9 @@ def test_every_decoder_output_is_layer_normed():
     with torch.no_grad():
         hs, _ = t(src, mask, query, pos)
     torch.testing.assert_close(hs.mean(-1), torch.zeros(hs.shape[:-1]), atol=1e-5, rtol=0)
-    torch.testing.assert_close(hs.var(-1, unbiased=False), torch.ones(hs.shape[:-1]), atol=1e-3, rtol=0)
+    torch.testing.assert_close(
+        hs.var(-1, unbiased=False), torch.ones(hs.shape[:-1]), atol=1e-3, rtol=0
+    )
 
 
 def test_queries_are_permutation_equivariant():

@@ -1,6 +1,6 @@
 """Fixtures of the command-line tests (helpers in _cli.py)."""
-import pytest
 
+import pytest
 from _cli import ENGINE
 
 

@@ -1,9 +1,9 @@
 """tools/demo.py as a command: pictures for a registered data set (with --explain) and for an input folder;
 clear errors for bad arguments."""
+
 import shutil
 
 import pytest
-
 from _cli import STAGE2, run_tool, tiny_opts
 
 pytestmark = pytest.mark.slow
@@ -11,13 +11,31 @@ pytestmark = pytest.mark.slow
 
 def _opts(tmp_path, toy_root):
     # a random (untrained) stage-2 model: no weights, nothing frozen
-    return tiny_opts(tmp_path / "cfg_out", toy_root=toy_root) + ["MODEL.WEIGHTS", "", "MODEL.DETR.FROZEN_WEIGHTS", ""]
+    return tiny_opts(tmp_path / "cfg_out", toy_root=toy_root) + [
+        "MODEL.WEIGHTS",
+        "",
+        "MODEL.DETR.FROZEN_WEIGHTS",
+        "",
+    ]
 
 
 def test_demo_on_dataset_with_explain(cli_toy_root, tmp_path):
     out = tmp_path / "vis"
-    proc = run_tool("demo.py", "--config-file", STAGE2, "--dataset", "toy_panoptic_val", "--num", "2",
-                    "--explain", "--confidence-threshold", "0.0", "--output", out, *_opts(tmp_path, cli_toy_root))
+    proc = run_tool(
+        "demo.py",
+        "--config-file",
+        STAGE2,
+        "--dataset",
+        "toy_panoptic_val",
+        "--num",
+        "2",
+        "--explain",
+        "--confidence-threshold",
+        "0.0",
+        "--output",
+        out,
+        *_opts(tmp_path, cli_toy_root),
+    )
     assert proc.returncode == 0, proc.stdout[-4000:]
     names = sorted(p.name for p in out.glob("*.png"))
     assert names == ["000001.png", "000001_queries.png", "000002.png", "000002_queries.png"], names
@@ -39,16 +57,32 @@ def test_demo_on_input_folder(cli_toy_root, tmp_path):
         shutil.copy(f"{cli_toy_root}/val/images/{stem}.jpg", src / f"img_{stem}.jpg")
     (src / "notes.txt").write_text("not an image")  # ignored: not an image extension
     out = tmp_path / "vis"
-    proc = run_tool("demo.py", "--config-file", STAGE2, "--input", src, "--output", out,
-                    *_opts(tmp_path, cli_toy_root))
+    proc = run_tool(
+        "demo.py",
+        "--config-file",
+        STAGE2,
+        "--input",
+        src,
+        "--output",
+        out,
+        *_opts(tmp_path, cli_toy_root),
+    )
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert sorted(p.name for p in out.glob("*.png")) == ["img_000001.png", "img_000003.png"]
 
 
 def test_demo_missing_input_names_the_path(cli_toy_root, tmp_path):
     missing = tmp_path / "no_such_folder"
-    proc = run_tool("demo.py", "--config-file", STAGE2, "--input", missing, "--output", tmp_path / "vis",
-                    *_opts(tmp_path, cli_toy_root))
+    proc = run_tool(
+        "demo.py",
+        "--config-file",
+        STAGE2,
+        "--input",
+        missing,
+        "--output",
+        tmp_path / "vis",
+        *_opts(tmp_path, cli_toy_root),
+    )
     assert proc.returncode != 0
     assert str(missing) in proc.stdout, proc.stdout[-4000:]
 

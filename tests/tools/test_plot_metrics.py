@@ -1,15 +1,17 @@
 """tools/plot_metrics.py: the rows it plots from Detectron2's appended metrics.json, and the PNG it writes."""
+
 import importlib.util
 import json
 import os
 
 import pytest
-
 from _cli import REPO, run_tool
 
 
 def _read_metrics():
-    spec = importlib.util.spec_from_file_location("plot_metrics", os.path.join(REPO, "tools", "plot_metrics.py"))
+    spec = importlib.util.spec_from_file_location(
+        "plot_metrics", os.path.join(REPO, "tools", "plot_metrics.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.read_metrics
@@ -20,7 +22,9 @@ def _write(path, runs):
         for run, iterations in runs:
             for it in iterations:
                 f.write(json.dumps({"iteration": it, "total_loss": run + it / 1000}) + "\n")
-            f.write(json.dumps({"iteration": iterations[-1], "panoptic_seg/PQ": 50.0}) + "\n")  # eval row
+            f.write(
+                json.dumps({"iteration": iterations[-1], "panoptic_seg/PQ": 50.0}) + "\n"
+            )  # eval row
 
 
 def test_rerun_in_the_same_folder_keeps_the_last_run(tmp_path):
@@ -34,7 +38,12 @@ def test_resume_replaces_the_rows_from_its_iteration_on(tmp_path):
     path = tmp_path / "metrics.json"
     _write(path, [(1, [19, 39, 59]), (2, [39, 59, 79])])
     rows = _read_metrics()(path)
-    assert [(r["iteration"], int(r["total_loss"])) for r in rows] == [(19, 1), (39, 2), (59, 2), (79, 2)]
+    assert [(r["iteration"], int(r["total_loss"])) for r in rows] == [
+        (19, 1),
+        (39, 2),
+        (59, 2),
+        (79, 2),
+    ]
 
 
 def test_corrupt_line_names_the_file_and_line(tmp_path):

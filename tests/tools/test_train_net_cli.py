@@ -1,8 +1,8 @@
 """tools/train_net.py as a command: --eval-only without weights evaluates a random model and says so."""
+
 import json
 
 import pytest
-
 from _cli import STAGE1, STAGE2, run_tool, tiny_opts
 
 pytestmark = pytest.mark.slow
@@ -10,7 +10,12 @@ pytestmark = pytest.mark.slow
 
 def test_eval_only_without_weights_warns_and_evaluates(cli_toy_root, tmp_path):
     out = tmp_path / "eval"
-    opts = tiny_opts(out, toy_root=cli_toy_root) + ["MODEL.WEIGHTS", "", "MODEL.DETR.FROZEN_WEIGHTS", ""]
+    opts = tiny_opts(out, toy_root=cli_toy_root) + [
+        "MODEL.WEIGHTS",
+        "",
+        "MODEL.DETR.FROZEN_WEIGHTS",
+        "",
+    ]
     proc = run_tool("train_net.py", "--config-file", STAGE2, "--eval-only", *opts)
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert "RANDOMLY INITIALIZED" in proc.stdout, proc.stdout[-4000:]
@@ -28,5 +33,7 @@ def test_train_stage1_from_the_command_line(cli_toy_root, tmp_path):
     proc = run_tool("train_net.py", "--config-file", STAGE1, *opts)
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert (out / "model_final.pth").is_file()
-    iters = [json.loads(line)["iteration"] for line in open(out / "metrics.json") if "iteration" in line]
+    iters = [
+        json.loads(line)["iteration"] for line in open(out / "metrics.json") if "iteration" in line
+    ]
     assert max(iters) == 1
