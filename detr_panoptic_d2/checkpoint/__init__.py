@@ -1,4 +1,5 @@
-"""Converters of original DETR and torchvision ResNet weights into this plugin's Detectron2 checkpoints."""
+"""Checkpoints: loading into the model (the checkpointer, stage-2 and mask-head loads), converters of original
+DETR and torchvision ResNet weights into this plugin's Detectron2 checkpoints, file IO."""
 
 from .detr_converter import (
     METADATA,
@@ -9,6 +10,7 @@ from .detr_converter import (
     convert_detr_state_dict,
     remap_class_rows,
 )
+from .io import load_state_dict_file, save_d2_checkpoint
 from .loading import (
     DetrCheckpointer,
     load_detr_body,
@@ -19,9 +21,7 @@ from .loading import (
 from .torchvision_converter import (
     convert_resnet_state_dict,
     convert_torchvision_resnet,
-    load_state_dict_file,
     rename_torchvision_resnet_key,
-    save_d2_checkpoint,
 )
 
 __all__ = [

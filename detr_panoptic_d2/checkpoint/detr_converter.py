@@ -28,30 +28,19 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-from .torchvision_converter import (
-    check_loads_strictly,
-    convert_resnet_state_dict,
-    load_state_dict_file,
-    resnet_depth,
-    save_d2_checkpoint,
-)
+from .io import load_state_dict_file, save_d2_checkpoint
+from .torchvision_converter import check_loads_strictly, convert_resnet_state_dict, resnet_depth
 
 # --metadata choice → Detectron2 builtin data set whose metadata gives the dataset id → contiguous id map
 METADATA = {"coco_panoptic": "coco_2017_val_panoptic", "coco_detection": "coco_2017_val"}
-_BODY_RULES = [
-    (re.compile(p), r)
-    for p, r in [
-        (r"^transformer\.(encoder|decoder)\.layers\.(.+)$", r"transformer.\1_layers.\2"),
-        (r"^transformer\.(encoder|decoder)\.norm\.(.+)$", r"transformer.\1_norm.\2"),
-        (r"^(input_proj|query_embed|class_embed|bbox_embed)\.(.+)$", r"\1.\2"),
-    ]
+_BODY_RULES = [  # (original name without "detr.", plugin name)
+    (r"^transformer\.(encoder|decoder)\.layers\.(.+)$", r"detr.transformer.\1_layers.\2"),
+    (r"^transformer\.(encoder|decoder)\.norm\.(.+)$", r"detr.transformer.\1_norm.\2"),
+    (r"^(input_proj|query_embed|class_embed|bbox_embed)\.(.+)$", r"detr.\1.\2"),
 ]
 _MASK_RULES = [
-    (re.compile(p), r)
-    for p, r in [
-        (r"^bbox_attention\.(.+)$", r"mask_head.bbox_attention.\1"),
-        (r"^mask_head\.(.+)$", r"mask_head.mask_head.\1"),
-    ]
+    (r"^bbox_attention\.(.+)$", r"mask_head.bbox_attention.\1"),
+    (r"^mask_head\.(.+)$", r"mask_head.mask_head.\1"),
 ]
 
 
@@ -94,10 +83,8 @@ def remap_class_rows(tensor, id_map, source_name="checkpoint"):
     contiguous id, last row the same no-object row."""
     num_rows = tensor.shape[0]
     if max(id_map) >= num_rows - 1:
-        raise ValueError(
-            f"{source_name}: class_embed has {num_rows} rows (incl. no-object) but the metadata has "
-            f"category id {max(id_map)}; wrong --metadata?"
-        )
+        raise ValueError(f"{source_name}: class_embed has {num_rows} rows (incl. no-object) but the metadata "
+                         f"has category id {max(id_map)}; wrong --metadata?")  # fmt: skip
     order = [d for d, _ in sorted(id_map.items(), key=lambda kv: kv[1])]
     return tensor.index_select(0, torch.tensor(order + [num_rows - 1], dtype=torch.long)).clone()
 
@@ -112,11 +99,9 @@ def _rename(state_dict, panoptic, source_name):
     for k, v in state_dict.items():
         if k in used:
             continue
-        if k.startswith(body):
-            name, rules = k[len(body) :], [(rx, "detr." + r) for rx, r in _BODY_RULES]
-        else:  # panoptic: the mask head's parts lie outside "detr."
-            name, rules = k, _MASK_RULES
-        new = next((rx.sub(r, name) for rx, r in rules if rx.match(name)), None)
+        # the body's keys start with "detr." in panoptic checkpoints; the mask head's parts lie outside it
+        name, rules = (k[len(body) :], _BODY_RULES) if k.startswith(body) else (k, _MASK_RULES)
+        new = next((re.sub(p, r, name) for p, r in rules if re.match(p, name)), None)
         if new is None:
             unknown.append(k)
         else:
@@ -167,24 +152,12 @@ def convert_detr_state_dict(state_dict, metadata=None, args=None, source_name="c
     for k in ("detr.class_embed.weight", "detr.class_embed.bias"):
         out[k] = remap_class_rows(out[k], id_map, source_name) if k in out else None
     info = DetrCheckpointInfo(
-        kind="panoptic" if panoptic else "detection",
-        metadata=metadata,
-        num_classes=len(id_map),
-        source_num_classes=source_rows - 1,
-        hidden_dim=hidden_dim,
-        num_queries=_shape(out, "detr.query_embed.weight", 0, source_name),
-        enc_layers=layers("encoder"),
-        dec_layers=layers("decoder"),
-        dim_feedforward=_shape(
-            out, "detr.transformer.encoder_layers.0.linear1.weight", 0, source_name
-        ),
-        pre_norm="detr.transformer.encoder_norm.weight" in out
-        or "detr.transformer.encoder_norm.bias" in out,
-        resnet_depth=resnet_depth(out, "detr.backbone."),
-        nheads=nheads,
-        dilation=args.get("dilation"),
-        args=args,
-    )
+        "panoptic" if panoptic else "detection", metadata, len(id_map), source_rows - 1, hidden_dim,
+        _shape(out, "detr.query_embed.weight", 0, source_name), layers("encoder"), layers("decoder"),
+        _shape(out, "detr.transformer.encoder_layers.0.linear1.weight", 0, source_name),
+        any(k.startswith("detr.transformer.encoder_norm.") for k in out),
+        resnet_depth(out, "detr.backbone."), nheads, args.get("dilation"), args,
+    )  # fmt: skip
     for name in (
         "hidden_dim",
         "num_queries",
@@ -194,8 +167,9 @@ def convert_detr_state_dict(state_dict, metadata=None, args=None, source_name="c
         "pre_norm",
     ):
         if name in args and args[name] != getattr(info, name):
+            weights = getattr(info, name)
             raise ValueError(
-                f"{source_name}: args.{name}={args[name]} but the weights say {getattr(info, name)}"
+                f"{source_name}: args.{name}={args[name]} but the weights say {weights}"
             )
     out = {k: v for k, v in out.items() if v is not None}
     check_loads_strictly(build_target_model(info), out, source_of, source_name)
@@ -211,29 +185,14 @@ def build_target_model(info):
 
     cfg = get_cfg()
     add_detr_panoptic_config(cfg)
-    cfg.merge_from_list(
-        config_overrides(info)
-        + [
-            "MODEL.META_ARCHITECTURE",
-            "DetrPanoptic",
-            "MODEL.BACKBONE.NAME",
-            "build_detr_resnet_backbone",
-            "MODEL.RESNETS.STRIDE_IN_1X1",
-            "False",
-            "MODEL.RESNETS.OUT_FEATURES",
-            '["res2", "res3", "res4", "res5"]',
-            "MODEL.DEVICE",
-            "cpu",
-            "DATASETS.TRAIN",
-            "()",
-            "DATASETS.TEST",
-            f'("{METADATA[info.metadata]}",)',
-        ]
-    )
-    if (
-        info.nheads is None
-    ):  # detection checkpoints without args: any divisor of the width builds the same keys
-        cfg.MODEL.DETR.NHEADS = 1
+    cfg.merge_from_list(config_overrides(info) + _flat({
+        "MODEL.META_ARCHITECTURE": "DetrPanoptic", "MODEL.BACKBONE.NAME": "build_detr_resnet_backbone",
+        "MODEL.RESNETS.STRIDE_IN_1X1": False,
+        "MODEL.RESNETS.OUT_FEATURES": '["res2", "res3", "res4", "res5"]',
+        "MODEL.DEVICE": "cpu", "DATASETS.TRAIN": "()", "DATASETS.TEST": f'("{METADATA[info.metadata]}",)',
+        # detection checkpoints without args: any divisor of the width builds the same keys
+        "MODEL.DETR.NHEADS": 1 if info.nheads is None else info.nheads,
+    }))  # fmt: skip
     return build_model(cfg)
 
 
@@ -245,42 +204,34 @@ def convert_detr_checkpoint(source, output=None, metadata=None):
     ckpt = load_state_dict_file(source)
     if not isinstance(ckpt, dict):
         raise ValueError(f"{source}: expected a dict checkpoint, got {type(ckpt).__name__}")
-    new_sd, info = convert_detr_state_dict(
-        ckpt.get("model", ckpt), metadata, ckpt.get("args"), str(source)
-    )
+    state = ckpt.get("model", ckpt)
+    new_sd, info = convert_detr_state_dict(state, metadata, ckpt.get("args"), str(source))
     author = "detr-panoptic-d2 convert_detr_checkpoint (facebookresearch/detr weights)"
     if output is not None:
         return save_d2_checkpoint(new_sd, output, author), info
     return {"model": new_sd, "__author__": author, "matching_heuristics": False}, info
 
 
+def _flat(options):
+    """{KEY: VALUE} → ["KEY", "VALUE", ...], as merge_from_list takes them."""
+    return [str(x) for kv in options.items() for x in kv]
+
+
 def config_overrides(info):
     """Config options (KEY VALUE list) that make the plugin's model match the converted checkpoint."""
-    o = [
-        "MODEL.RESNETS.DEPTH",
-        info.resnet_depth,
-        "MODEL.DETR.NUM_CLASSES",
-        info.num_classes,
-        "MODEL.DETR.HIDDEN_DIM",
-        info.hidden_dim,
-        "MODEL.DETR.ENC_LAYERS",
-        info.enc_layers,
-        "MODEL.DETR.DEC_LAYERS",
-        info.dec_layers,
-        "MODEL.DETR.DIM_FEEDFORWARD",
-        info.dim_feedforward,
-        "MODEL.DETR.NUM_OBJECT_QUERIES",
-        info.num_queries,
-        "MODEL.DETR.PRE_NORM",
-        info.pre_norm,
-    ]
+    o = {
+        "MODEL.RESNETS.DEPTH": info.resnet_depth, "MODEL.DETR.NUM_CLASSES": info.num_classes,
+        "MODEL.DETR.HIDDEN_DIM": info.hidden_dim, "MODEL.DETR.ENC_LAYERS": info.enc_layers,
+        "MODEL.DETR.DEC_LAYERS": info.dec_layers, "MODEL.DETR.DIM_FEEDFORWARD": info.dim_feedforward,
+        "MODEL.DETR.NUM_OBJECT_QUERIES": info.num_queries, "MODEL.DETR.PRE_NORM": info.pre_norm,
+    }  # fmt: skip
     if info.resnet_depth in (18, 34):
-        o += ["MODEL.RESNETS.RES2_OUT_CHANNELS", 64]
+        o["MODEL.RESNETS.RES2_OUT_CHANNELS"] = 64
     if info.nheads is not None:
-        o += ["MODEL.DETR.NHEADS", info.nheads]
+        o["MODEL.DETR.NHEADS"] = info.nheads
     if info.dilation is not None:
-        o += ["MODEL.RESNETS.RES5_DILATION", 2 if info.dilation else 1]
-    o += ["MODEL.MASK_HEAD.NAME", "DetrMaskHead" if info.kind == "panoptic" else '""']
+        o["MODEL.RESNETS.RES5_DILATION"] = 2 if info.dilation else 1
+    o["MODEL.MASK_HEAD.NAME"] = "DetrMaskHead" if info.kind == "panoptic" else '""'
     if info.kind == "detection":
-        o += ["DATASETS.TEST", '("coco_2017_val",)']
-    return [str(x) for x in o]
+        o["DATASETS.TEST"] = '("coco_2017_val",)'
+    return _flat(o)

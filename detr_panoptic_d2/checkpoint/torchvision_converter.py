@@ -10,8 +10,6 @@ The ResNet must be torchvision-style (stride in the 3×3 conv): ``MODEL.RESNETS.
 ``MODEL.RESNETS.RES2_OUT_CHANNELS 64`` for R-18/34.
 """
 
-import argparse
-import os
 import re
 
 import torch
@@ -19,30 +17,19 @@ from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-_BN = r"bn(\d)\.(weight|bias|running_mean|running_var|num_batches_tracked)"
-_RULES = [  # (torchvision key, Detectron2 name or None for dropped keys)
-    (
-        r"^fc\.(weight|bias)$|^(bn1|layer[1-4]\.\d+\.(bn\d|downsample\.1))\.num_batches_tracked$",
-        None,
-    ),
+_BN = r"(weight|bias|running_mean|running_var)"
+_RULES = [  # (torchvision key, Detectron2 name, or None for keys dropped on purpose)
+    (r"^fc\.(weight|bias)$|^(bn1|layer\d\.\d+\.(bn\d|downsample\.1))\.num_batches_tracked$", None),
     (r"^conv1\.weight$", "stem.conv1.weight"),
-    (r"^bn1\.(\w+)$", r"stem.conv1.norm.\1"),
+    (rf"^bn1\.{_BN}$", r"stem.conv1.norm.\1"),
     (r"^layer([1-4])\.(\d+)\.conv(\d)\.weight$", r"res\1.\2.conv\3.weight"),
-    (rf"^layer([1-4])\.(\d+)\.{_BN}$", r"res\1.\2.conv\3.norm.\4"),
+    (rf"^layer([1-4])\.(\d+)\.bn(\d)\.{_BN}$", r"res\1.\2.conv\3.norm.\4"),
     (r"^layer([1-4])\.(\d+)\.downsample\.0\.weight$", r"res\1.\2.shortcut.weight"),
-    (
-        r"^layer([1-4])\.(\d+)\.downsample\.1\.(weight|bias|running_mean|running_var)$",
-        r"res\1.\2.shortcut.norm.\3",
-    ),
-]
-_RULES = [(re.compile(p), r) for p, r in _RULES]
-DEPTHS = {
-    ((2, 2, 2, 2), False): 18,
-    ((3, 4, 6, 3), False): 34,
-    ((3, 4, 6, 3), True): 50,
-    ((3, 4, 23, 3), True): 101,
-    ((3, 8, 36, 3), True): 152,
-}
+    (rf"^layer([1-4])\.(\d+)\.downsample\.1\.{_BN}$", r"res\1.\2.shortcut.norm.\3"),
+]  # fmt: skip
+# (blocks per stage, bottleneck blocks) → depth
+DEPTHS = {((2, 2, 2, 2), False): 18, ((3, 4, 6, 3), False): 34, ((3, 4, 6, 3), True): 50,
+          ((3, 4, 23, 3), True): 101, ((3, 8, 36, 3), True): 152}  # fmt: skip
 
 
 def rename_torchvision_resnet_key(key):
@@ -51,8 +38,8 @@ def rename_torchvision_resnet_key(key):
     Returns None for keys dropped on purpose (``fc.*``, ``*.num_batches_tracked``). Raises KeyError for
     anything else that is not a ResNet key.
     """
-    for rx, repl in _RULES:
-        m = rx.match(key)
+    for pattern, repl in _RULES:
+        m = re.match(pattern, key)
         if m:
             if repl is None:
                 return None
@@ -81,21 +68,15 @@ def convert_resnet_state_dict(
             ) from None
         used.add(k)
         if new is not None:
-            out[dst_prefix + new] = v
-            source_of[dst_prefix + new] = k
+            out[dst_prefix + new], source_of[dst_prefix + new] = v, k
     return out, source_of, used
 
 
 def resnet_depth(state_dict, prefix="backbone."):
     """Depth of the Detectron2-named ResNet in ``state_dict`` (block counts per stage, bottleneck or not)."""
+    n = len(prefix.split("."))  # index of the block number in a key
     blocks = tuple(
-        len(
-            {
-                k.split(".")[len(prefix.split("."))]
-                for k in state_dict
-                if k.startswith(f"{prefix}res{s}.")
-            }
-        )
+        len({k.split(".")[n] for k in state_dict if k.startswith(f"{prefix}res{s}.")})
         for s in (2, 3, 4, 5)
     )
     depth = DEPTHS.get((blocks, f"{prefix}res2.0.conv3.weight" in state_dict))
@@ -105,17 +86,17 @@ def resnet_depth(state_dict, prefix="backbone."):
 
 
 def check_loads_strictly(module, state_dict, source_of, source_name):
-    """``module.load_state_dict(state_dict, strict=True)``, with a KeyError naming the missing keys and the
-    unexpected ones (with their source names) when it does not fit."""
+    """Load ``state_dict`` into ``module`` strictly; a KeyError names the keys missing from it and the unexpected
+    ones (with their source names), checked against ``module.state_dict()`` itself (``load_state_dict``'s report
+    would miss BatchNorm statistics: Detectron2's FrozenBatchNorm2d fills them in for old checkpoints)."""
     own = module.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
+    missing, unexpected = sorted(set(own) - set(state_dict)), sorted(set(state_dict) - set(own))
     if missing or unexpected:
+        more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
         unexpected = [f"{k} (from {source_of.get(k, k)})" for k in unexpected]
         raise KeyError(
-            f"{source_name}: missing keys (plugin names): {missing[:20]}"
-            + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
-            + f"; unexpected keys: {unexpected[:20]}"
+            f"{source_name}: missing keys (plugin names): {missing[:20]}{more}; "
+            f"unexpected keys: {unexpected[:20]}"
         )
     module.load_state_dict(state_dict, strict=True)
 
@@ -130,63 +111,19 @@ def resnet_cfg(depth):
     return cfg
 
 
-def load_state_dict_file(path_or_url):
-    """torch.load a local file or URL (downloaded through Detectron2's PathManager) on the CPU.
-
-    Loads with ``weights_only=True`` (plus ``argparse.Namespace``, which DETR checkpoints hold in "args").
-    Raises FileNotFoundError / RuntimeError naming the file when it cannot be fetched or read.
-    """
-    from detectron2.utils.file_io import PathManager
-
-    try:
-        local = PathManager.get_local_path(path_or_url)
-    except Exception as e:  # network, unknown scheme, ...
-        raise RuntimeError(f"cannot fetch {path_or_url}: {e}") from e
-    if not os.path.isfile(local):
-        raise FileNotFoundError(f"no such checkpoint file: {path_or_url}")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(local, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise RuntimeError(
-            f"cannot read checkpoint {path_or_url}: not a readable PyTorch checkpoint "
-            f"(corrupt, truncated, or holding objects other than tensors and argparse.Namespace): {e}"
-        ) from e
-
-
-def save_d2_checkpoint(state_dict, output_path, author):
-    """Save as a Detectron2 .pth checkpoint: {"model": ..., "__author__": ..., "matching_heuristics": False}.
-
-    ``DetectionCheckpointer`` loads these names as they are (no name-matching heuristics).
-    """
-    if not str(output_path).endswith(".pth"):
-        raise ValueError(
-            f"output must be a .pth file (DetectionCheckpointer reads .pkl as Caffe2/Detectron): "
-            f"{output_path}"
-        )
-    os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
-    ckpt = {
-        "model": {k: v.detach().clone().contiguous() for k, v in state_dict.items()},
-        "__author__": author,
-        "matching_heuristics": False,
-    }
-    torch.save(ckpt, output_path)
-    return ckpt
-
-
 def convert_torchvision_resnet(state_dict, source_name="torchvision ResNet"):
     """torchvision ImageNet ResNet state dict (``conv1``, ``bn1``, ``layer*``, ``fc``) → Detectron2 backbone
-    state dict with keys ``detr.backbone.stem.*``, ``detr.backbone.res{2..5}.*`` (``fc`` dropped), the plugin
-    model's names (``MODEL.WEIGHTS`` of a stage-1 config), checked against the
-    Detectron2 ResNet of the same depth. Accepts a ``{"model": ...}`` / ``{"state_dict": ...}`` wrapper and a
-    ``module.`` prefix."""
+    state dict with the plugin model's keys ``detr.backbone.stem.*``, ``detr.backbone.res{2..5}.*`` (``fc``
+    dropped; ``MODEL.WEIGHTS`` of a stage-1 config), checked against the Detectron2 ResNet of the same depth.
+    Accepts a ``{"model": ...}`` / ``{"state_dict": ...}`` wrapper and a ``module.`` prefix."""
     from ..modeling.backbone import build_detr_resnet_backbone
 
-    if isinstance(state_dict, dict):
-        for wrapper in ("model", "state_dict"):
-            if isinstance(state_dict.get(wrapper), dict):
-                state_dict = state_dict[wrapper]
-                break
+    wrapped = [
+        state_dict[w]
+        for w in ("model", "state_dict")
+        if isinstance(state_dict, dict) and w in state_dict
+    ]
+    state_dict = wrapped[0] if wrapped else state_dict
     if not isinstance(state_dict, dict) or not all(torch.is_tensor(v) for v in state_dict.values()):
         raise ValueError(f"{source_name}: not a state dict of tensors")
     state_dict = dict(state_dict)
