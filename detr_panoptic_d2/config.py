@@ -52,11 +52,19 @@ def add_detr_panoptic_config(cfg):
     # False is DETR's head (and the official checkpoints). True lets a head trained from scratch use the
     # maps within hundreds rather than thousands of iterations (the toy configs).
     cfg.MODEL.MASK_HEAD.SCALE_ATTENTION_MAPS = False
+    # Stage 2: a checkpoint to start the mask head from (an official DETR panoptic checkpoint, raw or
+    # converted, or one of this plugin's), loaded strictly into the mask head after the detection part came
+    # from MODEL.DETR.FROZEN_WEIGHTS: fine-tuning onto other classes keeps the mask head's training.
+    cfg.MODEL.MASK_HEAD.WEIGHTS = ""
 
     # Panoptic inference.
     cfg.MODEL.DETR.TEST = CN()
     cfg.MODEL.DETR.TEST.PANOPTIC_ON = True
     cfg.MODEL.DETR.TEST.INSTANCE_ON = True
+    # Semantic output "sem_seg" (K, H, W): class probabilities x mask probabilities summed over all queries
+    # (MaskFormer's semantic inference), for SemSegEvaluator's mIoU. Needs the masks of every query; like
+    # PANOPTIC_ON, it applies to models with a mask head (stage 2) only.
+    cfg.MODEL.DETR.TEST.SEMANTIC_ON = False
     # Keep a query when its argmax is not no-object and its score is strictly above this threshold.
     cfg.MODEL.DETR.TEST.OBJECT_MASK_THRESHOLD = 0.85
     # Segments with area <= this many pixels (at the output size) are removed, repeatedly.
@@ -186,6 +194,13 @@ def validate_config(cfg):
             "MODEL.MASK_HEAD.IN_FEATURES",
             in_features,
             "3 backbone features, coarse to fine (DetrMaskHead's upsampler)",
+        )
+    if cfg.MODEL.MASK_HEAD.WEIGHTS:
+        _check(
+            bool(cfg.MODEL.MASK_HEAD.NAME),
+            "MODEL.MASK_HEAD.NAME",
+            cfg.MODEL.MASK_HEAD.NAME,
+            "set when MODEL.MASK_HEAD.WEIGHTS is (it loads into the mask head)",
         )
     if d.FROZEN_WEIGHTS:
         _check(

@@ -2,7 +2,7 @@
 """Run a trained DETR panoptic model on images and write PNG overlays.
 
     python tools/demo.py --config-file CONFIG --input img.jpg dir/ "imgs/*.png" --output out/ \
-        [--confidence-threshold 0.85] [--explain] MODEL.WEIGHTS model.pth
+        [--confidence-threshold T] [--explain] MODEL.WEIGHTS model.pth
     python tools/demo.py --config-file CONFIG --dataset toy_panoptic_val --num 8 --output out/ MODEL.WEIGHTS ...
 
 --dataset draws each prediction next to the ground truth; --explain also writes, per image, each kept
@@ -12,16 +12,20 @@ query's box, multi-head attention maps and mask in one PNG (<name>_queries.png).
 import argparse
 import glob
 import os
+import sys
 
 import cv2
+import numpy as np
 import torch
 import tqdm
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import DefaultPredictor
+from detectron2.utils.logger import setup_logger
 
 from detr_panoptic_d2 import add_detr_panoptic_config
 from detr_panoptic_d2.data import register_datasets_from_cfg
+from detr_panoptic_d2.data.dataset_mapper import read_image_file
 from detr_panoptic_d2.visualization import (
     draw_ground_truth,
     draw_prediction,
@@ -37,7 +41,8 @@ def setup_cfg(args):
     add_detr_panoptic_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    cfg.MODEL.DETR.TEST.OBJECT_MASK_THRESHOLD = args.confidence_threshold
+    if args.confidence_threshold is not None:
+        cfg.MODEL.DETR.TEST.OBJECT_MASK_THRESHOLD = args.confidence_threshold
     if not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
@@ -67,7 +72,12 @@ def main():
     parser.add_argument("--dataset", help="a registered data set: predictions next to ground truth")
     parser.add_argument("--num", type=int, default=8, help="with --dataset: number of images")
     parser.add_argument("--output", required=True, help="output folder")
-    parser.add_argument("--confidence-threshold", type=float, default=0.85)
+    parser.add_argument(
+        "--confidence-threshold",
+        type=float,
+        default=None,
+        help="MODEL.DETR.TEST.OBJECT_MASK_THRESHOLD (default: the config's)",
+    )
     parser.add_argument(
         "--explain", action="store_true", help="also draw each kept query's attention and mask"
     )
@@ -76,6 +86,7 @@ def main():
     if bool(args.input) == bool(args.dataset):
         parser.error("give either --input or --dataset")
 
+    setup_logger(name="detr_panoptic_d2")
     cfg = setup_cfg(args)
     register_datasets_from_cfg(cfg)
     dataset_dicts = None
@@ -91,11 +102,15 @@ def main():
             parser.error(str(e))
     predictor = DefaultPredictor(cfg)
     os.makedirs(args.output, exist_ok=True)
+    failed = []
     for i, path in enumerate(tqdm.tqdm(files, disable=len(files) < 2, desc="images")):
-        bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-        if bgr is None or bgr.size == 0:
-            raise ValueError(f"cannot read image (missing, corrupt or empty): {path}")
-        rgb = bgr[:, :, ::-1]
+        try:  # as training and evaluation read images (PIL, EXIF orientation); errors name the file
+            bgr = read_image_file(path, "BGR")
+        except (OSError, ValueError) as e:
+            tqdm.tqdm.write(f"skipped: {e}", file=sys.stderr)
+            failed.append(path)
+            continue
+        rgb = np.ascontiguousarray(bgr[:, :, ::-1])
         pred = predictor(bgr)
         picture = draw_prediction(rgb, pred, metadata)
         if dataset_dicts is not None:
@@ -103,7 +118,7 @@ def main():
         name = os.path.splitext(os.path.basename(path))[0]
         cv2.imwrite(os.path.join(args.output, f"{name}.png"), picture[:, :, ::-1])
         if args.explain:  # the model's input as DefaultPredictor makes it
-            image = bgr[:, :, ::-1] if cfg.INPUT.FORMAT == "RGB" else bgr
+            image = rgb if cfg.INPUT.FORMAT == "RGB" else bgr
             image = predictor.aug.get_transform(image).apply_image(image)
             inputs = {"image": torch.as_tensor(image.astype("float32").transpose(2, 0, 1))}
             explain_queries(
@@ -113,8 +128,11 @@ def main():
                 os.path.join(args.output, f"{name}_queries.png"),
                 input_format=cfg.INPUT.FORMAT,
             )
-    print(f"wrote {len(files)} picture(s) to {args.output}")
+    print(f"wrote {len(files) - len(failed)} picture(s) to {args.output}")
+    if failed:
+        print(f"{len(failed)} file(s) could not be read: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

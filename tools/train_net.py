@@ -12,6 +12,8 @@ import logging
 import torch
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from detr_panoptic_d2 import add_detr_panoptic_config
 from detr_panoptic_d2.checkpoint import DetrCheckpointer
@@ -31,6 +33,7 @@ def setup(args):
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detr_panoptic_d2")
     register_datasets_from_cfg(cfg)
     return cfg
 

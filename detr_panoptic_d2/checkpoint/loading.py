@@ -1,11 +1,15 @@
-"""Loading this plugin's checkpoints: the checkpointer, the key-rename rule for the earlier layout, and the
-strict loads of one part of the model (stage 2's frozen DETR body)."""
+"""Loading checkpoints into this plugin's model: the checkpointer (which also reads raw official DETR
+checkpoints and fine-tunes onto other classes), the key-rename rule for the earlier layout, and the strict
+loads of one part of the model (stage 2's frozen DETR body, a mask head to start from)."""
 
 import logging
 import os
 
-import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
+
+from .detr_converter import convert_detr_state_dict
+from .io import load_state_dict_file
 
 logger = logging.getLogger(__name__)
 
@@ -36,22 +40,37 @@ def rename_legacy_keys(state_dict, prefix=""):
     return len(old)
 
 
+def is_original_detr_layout(state_dict):
+    """Whether a state dict has the original DETR implementation's key layout (a raw official checkpoint)."""
+    return any(k.startswith(("backbone.0.body.", "detr.backbone.0.body.")) for k in state_dict)
+
+
+def to_plugin_state(ckpt, source_name):
+    """The model state dict of a loaded checkpoint in this plugin's names: a Detectron2 checkpoint
+    ({"model": ...}), a bare state dict, or a raw original DETR checkpoint (converted on the fly, class rows
+    remapped to COCO's contiguous ids); ``module.`` prefixes dropped, legacy keys renamed."""
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):
+        raise ValueError(f"{source_name} holds no state dict of tensors")
+    state = dict(state)
+    consume_prefix_in_state_dict_if_present(state, "module.")
+    if is_original_detr_layout(state):
+        state, info = convert_detr_state_dict(state, args=ckpt.get("args"), source_name=source_name)
+        logger.info(f"{source_name}: an original DETR {info.kind} checkpoint, converted on the fly")
+    rename_legacy_keys(state)
+    return state
+
+
 def read_checkpoint_state(path, key):
-    """The model state dict of the checkpoint file ``path`` (a Detectron2 checkpoint {"model": ...} or a bare
-    state dict), with legacy keys renamed. ``key`` names the config key that gave the path, for errors."""
+    """The model state dict of the checkpoint file ``path`` in this plugin's names (see
+    :func:`to_plugin_state`). ``key`` names the config key that gave the path, for errors."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{key}: no such file: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = load_state_dict_file(path)
     except Exception as e:
         raise RuntimeError(f"{key}: cannot read checkpoint {path}: {e}") from e
-    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise ValueError(f"{key}: {path} holds no state dict of tensors")
-    state = dict(state)
-    torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(state, "module.")
-    rename_legacy_keys(state)
-    return state
+    return to_plugin_state(ckpt, f"{key}: {path}")
 
 
 def load_submodule(module, path, prefix, key):
@@ -85,7 +104,14 @@ class DetrCheckpointer(DetectionCheckpointer):
 
     def _load_file(self, filename):
         self._loading = filename
-        return super()._load_file(filename)
+        if not filename.endswith(".pth"):  # .pkl: Detectron2/Caffe2 model zoo files
+            return super()._load_file(filename)
+        ckpt = load_state_dict_file(
+            filename
+        )  # also holds argparse.Namespace (official DETR "args")
+        if isinstance(ckpt, dict) and is_original_detr_layout(ckpt.get("model", ckpt)):
+            return {"model": to_plugin_state(ckpt, filename), "matching_heuristics": False}
+        return ckpt if isinstance(ckpt, dict) and "model" in ckpt else {"model": ckpt}
 
     def _load_model(self, checkpoint):
         state = checkpoint["model"]

@@ -14,7 +14,13 @@ from panopticapi.utils import id2rgb, rgb2id
 from PIL import Image
 from torchvision.ops import masks_to_boxes
 
-__all__ = ["DetrPanopticDatasetMapper", "build_detr_augmentations"]
+__all__ = [
+    "DetrPanopticDatasetMapper",
+    "build_detr_augmentations",
+    "panoptic_problems",
+    "read_image_file",
+    "read_panoptic_png",
+]
 
 
 def build_detr_augmentations(cfg, is_train):
@@ -48,6 +54,64 @@ def build_detr_augmentations(cfg, is_train):
     return augs
 
 
+def _read(path, what, reader):
+    """reader(path) with errors that name the file: missing, or unreadable (corrupt, truncated, not an image:
+    PIL raises OSError/SyntaxError/ValueError with messages such as "image file is truncated")."""
+    try:
+        return reader(path)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{what} file not found: {path}") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise OSError(f"{what} {path} cannot be read (corrupt or truncated?): {e}") from e
+
+
+def read_image_file(path, image_format="RGB"):
+    """(H, W, C) uint8 image as ``detection_utils.read_image`` reads it; errors name the file, an empty image
+    is a ValueError."""
+    image = _read(path, "Image", lambda p: utils.read_image(p, format=image_format))
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"Image {path} is empty (shape {image.shape})")
+    return image
+
+
+def read_panoptic_png(path):
+    """(H, W) int segment ids of a panoptic PNG (panopticapi's rgb2id); errors name the file."""
+
+    def read(p):
+        with PathManager.open(p, "rb") as f:
+            return np.asarray(Image.open(f).convert("RGB"))
+
+    return rgb2id(_read(path, "Panoptic PNG", read))
+
+
+def panoptic_problems(segments, pan, image_shape, num_classes, png_name):
+    """Every way a panoptic PNG (H, W ids) and its ``segments_info`` disagree with each other, with the image's
+    (H, W) or with ``num_classes`` contiguous categories, as messages naming the PNG (empty: none)."""
+    problems = []
+    if pan.shape != tuple(image_shape):
+        problems.append(
+            f"Panoptic PNG {png_name} has size {pan.shape}, its image {tuple(image_shape)}"
+        )
+    listed = {int(s["id"]) for s in segments}
+    present = set(np.unique(pan).tolist()) - {0}
+    if listed - present:
+        problems.append(
+            f"Panoptic PNG {png_name}: segment ids {sorted(listed - present)} of segments_info are "
+            "absent from it"
+        )
+    if present - listed:
+        problems.append(
+            f"Panoptic PNG {png_name}: ids {sorted(present - listed)} are not listed in segments_info"
+        )
+    for s in segments:
+        if not 0 <= s["category_id"] < num_classes:
+            problems.append(
+                f"Panoptic PNG {png_name}: segment {s['id']} has category_id {s['category_id']} "
+                f"outside [0, {num_classes})"
+            )
+    return problems
+
+
 class DetrPanopticDatasetMapper:
     """
     Map a dataset dict of a data set registered with Detectron2's COCO panoptic registration
@@ -61,8 +125,8 @@ class DetrPanopticDatasetMapper:
 
     Crowd segments are skipped, segments emptied by cropping are dropped. At test time only the
     image is read; ``segments_info`` and ``pan_seg_file_name`` are removed from the output.
-    Inputs that do not match their annotation raise ``ValueError``/``FileNotFoundError``
-    naming the offending file.
+    Inputs that do not match their annotation raise ``ValueError``/``FileNotFoundError``/``OSError``
+    (unreadable, truncated) naming the offending file.
     """
 
     @configurable
@@ -88,46 +152,16 @@ class DetrPanopticDatasetMapper:
             "num_classes": cfg.MODEL.DETR.NUM_CLASSES,
         }
 
-    @staticmethod
-    def _read(path, reader, what):
-        try:
-            return reader(path)
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"{what} file not found: {path}") from e
-
     def _read_segment_index(self, dataset_dict, image_shape):
         """Validate the panoptic PNG; return an index map (H, W) (0: void or crowd, i + 1: i-th
         non-crowd segment) and the classes (N,) of the non-crowd segments."""
-        png_name = dataset_dict["pan_seg_file_name"]
-
-        def read_png(path):
-            with PathManager.open(path, "rb") as f:
-                return np.asarray(Image.open(f).convert("RGB"))
-
-        pan = rgb2id(self._read(png_name, read_png, "Panoptic PNG"))  # (H, W) int ids < 2^24
-        if pan.shape != tuple(image_shape):
-            raise ValueError(
-                f"Panoptic PNG {png_name} has size {pan.shape}, its image {tuple(image_shape)}"
-            )
+        pan = read_panoptic_png(dataset_dict["pan_seg_file_name"])  # (H, W) int ids < 2^24
         segments = dataset_dict["segments_info"]
-        listed = {int(s["id"]) for s in segments}
-        present = set(np.unique(pan).tolist()) - {0}
-        if listed - present:
-            missing = sorted(listed - present)
-            raise ValueError(
-                f"Panoptic PNG {png_name}: segment ids {missing} of segments_info are absent from it"
-            )
-        if present - listed:
-            unlisted = sorted(present - listed)
-            raise ValueError(
-                f"Panoptic PNG {png_name}: ids {unlisted} are not listed in segments_info"
-            )
-        for s in segments:
-            if not 0 <= s["category_id"] < self.num_classes:
-                raise ValueError(
-                    f"Panoptic PNG {png_name}: segment {s['id']} has category_id {s['category_id']} "
-                    f"outside [0, {self.num_classes})"
-                )
+        problems = panoptic_problems(
+            segments, pan, image_shape, self.num_classes, dataset_dict["pan_seg_file_name"]
+        )
+        if problems:
+            raise ValueError("; ".join(problems))
         kept = [s for s in segments if not s.get("iscrowd", 0)]
         index = np.zeros(pan.shape, dtype=np.int64)
         for i, s in enumerate(kept):
@@ -137,12 +171,7 @@ class DetrPanopticDatasetMapper:
 
     def __call__(self, dataset_dict):
         dataset_dict = copy.deepcopy(dataset_dict)  # it will be modified below
-        file_name = dataset_dict["file_name"]
-        image = self._read(
-            file_name, lambda p: utils.read_image(p, format=self.image_format), "Image"
-        )
-        if image.shape[0] == 0 or image.shape[1] == 0:
-            raise ValueError(f"Image {file_name} is empty (shape {image.shape})")
+        image = read_image_file(dataset_dict["file_name"], self.image_format)
         utils.check_image_size(dataset_dict, image)
 
         sem_seg = None

@@ -1,2 +1,8 @@
+from .evaluation import (
+    DetrInstanceEvaluator,
+    DetrSemSegEvaluator,
+    build_detr_evaluator,
+    instances_json_from_panoptic,
+)
 from .optimizer import build_detr_optimizer
 from .trainer import DetrPanopticTrainer, load_dataset_dicts

@@ -18,12 +18,12 @@ from detectron2.engine import (
     TrainerBase,
     create_ddp_model,
 )
-from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator, DatasetEvaluators
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint.loading import DetrCheckpointer
 from ..data.dataset_mapper import DetrPanopticDatasetMapper
+from .evaluation import build_detr_evaluator
 from .optimizer import build_detr_optimizer
 
 logger = logging.getLogger(__name__)
@@ -58,8 +58,8 @@ def load_dataset_dicts(names, filter_empty=False):
 
 class DetrPanopticTrainer(DefaultTrainer):
     """DefaultTrainer with DETR's data mapper, AdamW + backbone multiplier + full-model gradient clipping, the
-    plugin's checkpointer, and COCO panoptic (plus COCO instance, when an instances JSON is registered)
-    evaluation. Register the data sets before building it (``register_datasets_from_cfg``)."""
+    plugin's checkpointer, and the evaluators of :func:`build_detr_evaluator` (PQ, AP of things, mIoU).
+    Register the data sets before building it (``register_datasets_from_cfg``)."""
 
     def __init__(self, cfg):
         # DefaultTrainer.__init__, except that the model is wrapped in DistributedDataParallel without
@@ -103,25 +103,7 @@ class DetrPanopticTrainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        meta = MetadataCatalog.get(dataset_name)
-        evaluator_type = getattr(meta, "evaluator_type", None)
-        evaluators = []
-        if evaluator_type == "coco_panoptic_seg":
-            if cfg.MODEL.MASK_HEAD.NAME and cfg.MODEL.DETR.TEST.PANOPTIC_ON:
-                evaluators.append(COCOPanopticEvaluator(dataset_name, output_folder))
-            if getattr(meta, "json_file", None) and cfg.MODEL.DETR.TEST.INSTANCE_ON:
-                tasks = ("bbox", "segm") if cfg.MODEL.MASK_HEAD.NAME else ("bbox",)
-                evaluators.append(COCOEvaluator(dataset_name, tasks, output_dir=output_folder))
-        elif evaluator_type == "coco":
-            tasks = ("bbox", "segm") if cfg.MODEL.MASK_HEAD.NAME else ("bbox",)
-            evaluators.append(COCOEvaluator(dataset_name, tasks, output_dir=output_folder))
-        if not evaluators:
-            raise NotImplementedError(
-                f"no evaluator for data set {dataset_name!r} (evaluator_type={evaluator_type!r}, "
-                f"MODEL.MASK_HEAD.NAME={cfg.MODEL.MASK_HEAD.NAME!r}): panoptic evaluation needs a mask head "
-                "(stage 2); box evaluation needs an instances JSON (json_file in the metadata)"
-            )
-        return DatasetEvaluators(evaluators)
+        return build_detr_evaluator(cfg, dataset_name, output_folder)
 
     @classmethod
     def build_optimizer(cls, cfg, model):

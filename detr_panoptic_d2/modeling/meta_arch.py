@@ -11,7 +11,7 @@ from detectron2.structures import ImageList
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
-from ..checkpoint.loading import load_detr_body, rename_legacy_keys
+from ..checkpoint.loading import load_detr_body, load_submodule, rename_legacy_keys
 from ..config import validate_config
 from .box_ops import xyxy_to_cxcywh
 from .criterion import SetCriterion
@@ -69,6 +69,7 @@ class DetrPanoptic(nn.Module):
         pixel_std,
         mask_head=None,
         frozen_weights="",
+        mask_head_weights="",
         train_matched_only=True,
     ):
         super().__init__()
@@ -83,6 +84,9 @@ class DetrPanoptic(nn.Module):
         if self.frozen:
             load_detr_body(self.detr, frozen_weights, "MODEL.DETR.FROZEN_WEIGHTS")
             self.detr.requires_grad_(False)
+        if mask_head_weights:  # e.g. an official checkpoint's, for fine-tuning on other classes
+            key = "MODEL.MASK_HEAD.WEIGHTS"
+            load_submodule(self.mask_head, mask_head_weights, "mask_head.", key)
 
     @classmethod
     def from_config(cls, cfg):
@@ -122,6 +126,7 @@ class DetrPanoptic(nn.Module):
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "frozen_weights": d.FROZEN_WEIGHTS,
+            "mask_head_weights": cfg.MODEL.MASK_HEAD.WEIGHTS,
             "train_matched_only": cfg.MODEL.MASK_HEAD.TRAIN_MATCHED_ONLY,
         }
 

@@ -207,14 +207,34 @@ def detr_instances(boxes, scores, classes, mask_logits, image_size, out_size):
     return inst
 
 
+def semantic_inference(logits, mask_logits, padded_size, image_size, out_size, chunk=16):
+    """MaskFormer's semantic inference: (K, H_out, W_out) = sum over queries of the class probabilities
+    (no-object dropped) times the mask probabilities, the masks bilinearly upsampled to the padded canvas,
+    cropped to the image and resized to the output size before the sigmoid. logits: (N, K+1), mask_logits:
+    (N, H_pad/4, W_pad/4) of every query. Queries are taken ``chunk`` at a time, so memory stays at the
+    output map plus ``chunk`` upsampled masks."""
+    probs = logits.softmax(-1)[:, :-1].float()  # (N, K)
+    sem = probs.new_zeros((probs.shape[1], *out_size))
+    for i in range(0, mask_logits.shape[0], chunk):
+        masks = upsample_masks(mask_logits[i : i + chunk], padded_size, image_size)
+        if tuple(masks.shape[-2:]) != tuple(out_size):
+            masks = F.interpolate(
+                masks[:, None], size=tuple(out_size), mode="bilinear", align_corners=False
+            )[:, 0]
+        sem += torch.einsum("qk,qhw->khw", probs[i : i + chunk], masks.float().sigmoid())
+    return sem
+
+
 class PanopticPostProcessor(nn.Module):
-    """DETR's per-query outputs of one image → Detectron2 results: "panoptic_seg" and "instances".
+    """DETR's per-query outputs of one image → Detectron2 results: "panoptic_seg", "instances", "sem_seg".
 
     Queries are kept for the panoptic output when their argmax is not no-object and their score is above
-    ``object_mask_threshold``; with a mask head, instances are the queries whose best real class is a thing
-    (without one, every query, boxes only, as DETR). ``queries_needing_masks`` tells which queries' masks
-    the outputs read (only the kept and instance queries when ``masks_for_kept_only``), and ``__call__``
-    takes the mask logits of exactly those, in query order.
+    ``object_mask_threshold``. Instances are the queries whose best real class is a thing (with masks when
+    there is a mask head); when every class is a thing (no thing/stuff split known), every query, as DETR.
+    ``sem_seg`` (``semantic_on``, mask head needed) is MaskFormer's semantic inference over all queries.
+    ``queries_needing_masks`` tells which queries' masks the outputs read (only the kept and instance queries
+    when ``masks_for_kept_only`` and no semantic output), and ``__call__`` takes the mask logits of exactly
+    those, in query order.
     """
 
     def __init__(
@@ -229,6 +249,7 @@ class PanopticPostProcessor(nn.Module):
         overlap_threshold=0.8,
         panoptic_on=True,
         instance_on=True,
+        semantic_on=False,
         masks_for_kept_only=True,
     ):
         super().__init__()
@@ -243,6 +264,7 @@ class PanopticPostProcessor(nn.Module):
         self.overlap_threshold = overlap_threshold
         self.panoptic_on = panoptic_on and has_masks
         self.instance_on = instance_on
+        self.semantic_on = semantic_on and has_masks
         self.masks_for_kept_only = masks_for_kept_only
 
     @classmethod
@@ -258,6 +280,7 @@ class PanopticPostProcessor(nn.Module):
             overlap_threshold=t.OVERLAP_THRESHOLD,
             panoptic_on=t.PANOPTIC_ON,
             instance_on=t.INSTANCE_ON,
+            semantic_on=t.SEMANTIC_ON,
             masks_for_kept_only=t.MASKS_FOR_KEPT_ONLY,
         )
 
@@ -265,14 +288,14 @@ class PanopticPostProcessor(nn.Module):
         """(panoptic keep, instance selection) (N,) bool each, with scores and labels of both."""
         keep, scores, labels = select_queries(logits, self.object_mask_threshold)
         inst_scores, inst_labels = logits.softmax(-1)[:, :-1].max(-1)
-        inst_sel = self.is_thing[inst_labels] if self.has_masks else torch.ones_like(keep)
+        inst_sel = self.is_thing[inst_labels]
         return keep, scores, labels, inst_sel, inst_scores, inst_labels
 
     def queries_needing_masks(self, logits):
         """(N,) bool: the queries whose mask logits ``__call__`` reads. logits: (N, K+1)."""
         if not self.has_masks:
             return torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
-        if not self.masks_for_kept_only:
+        if self.semantic_on or not self.masks_for_kept_only:
             return torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
         keep, _, _, inst_sel, _, _ = self._selections(logits)
         return (keep & self.panoptic_on) | (inst_sel & self.instance_on)
@@ -281,7 +304,7 @@ class PanopticPostProcessor(nn.Module):
         """logits (N, K+1), boxes (N, 4) of one image; mask_logits (Q, H_pad/4, W_pad/4) of the queries
         ``queries_needing_masks(logits)`` selects, in query order (None without a mask head); padded_size: the
         batch's padded (H_pad, W_pad); image_size: this image's (H, W) in it; out_size: the requested output
-        size. Returns a dict with "panoptic_seg" and/or "instances"."""
+        size. Returns a dict with "panoptic_seg", "instances" and "sem_seg" as configured."""
         keep, scores, labels, inst_sel, inst_scores, inst_labels = self._selections(logits)
         masks = None
         if mask_logits is not None:
@@ -313,5 +336,9 @@ class PanopticPostProcessor(nn.Module):
                 None if masks is None else rows(inst_sel),
                 image_size,
                 out_size,
+            )
+        if self.semantic_on:
+            res["sem_seg"] = semantic_inference(
+                logits, mask_logits, padded_size, image_size, out_size
             )
         return res

@@ -249,3 +249,28 @@ def test_size_mismatch_names_file(tmp_path):
     d["height"], d["width"] = H + 1, W
     with pytest.raises(ValueError, match="img.png"):
         mapper()(d)
+
+
+def _truncate(path, keep=0.5):
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: int(len(data) * keep)])
+
+
+@pytest.mark.parametrize("is_train", [True, False])
+@pytest.mark.parametrize("which", ["file_name", "pan_seg_file_name"])
+def test_truncated_or_corrupt_file_names_it(tmp_path, is_train, which):
+    """PIL's own message ("image file is truncated (85 bytes not processed)") names no file: the mapper's does,
+    in training and in evaluation (which reads only the image)."""
+    d = make_sample(tmp_path, size=(96, 128))
+    jpeg = tmp_path / "img.jpg"
+    Image.open(d["file_name"]).save(jpeg, quality=95)
+    d["file_name"] = str(jpeg)
+    _truncate(d[which])
+    if which == "pan_seg_file_name" and not is_train:
+        assert mapper(is_train=False)(d)["image"].shape == (3, 96, 128)  # the PNG is not read
+        return
+    with pytest.raises(OSError, match=f"{d[which]} cannot be read"):
+        mapper(is_train=is_train)(d)
+    open(d[which], "wb").write(b"not an image at all")
+    with pytest.raises(OSError, match=f"{d[which]} cannot be read"):
+        mapper(is_train=is_train)(d)

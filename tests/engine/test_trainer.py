@@ -12,7 +12,7 @@ from detectron2.evaluation import COCOPanopticEvaluator, DatasetEvaluators
 from detectron2.utils.events import get_event_storage
 
 from detr_panoptic_d2.data.toy_dataset import register_toy_panoptic, toy_dataset_metadata
-from detr_panoptic_d2.engine import DetrPanopticTrainer, load_dataset_dicts
+from detr_panoptic_d2.engine import DetrInstanceEvaluator, DetrPanopticTrainer, load_dataset_dicts
 
 PQ_KEYS = ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st")
 
@@ -154,12 +154,18 @@ def test_build_evaluator_panoptic_with_mask_head(tiny, tmp_path):
     evaluator = DetrPanopticTrainer.build_evaluator(cfg, "toy_panoptic_val")
     assert isinstance(evaluator, DatasetEvaluators)
     kinds = [type(e) for e in evaluator._evaluators]
-    assert kinds == [COCOPanopticEvaluator]  # no instances JSON registered: no COCOEvaluator
+    # no instances JSON registered: AP of things from the panoptic ground truth
+    assert kinds == [COCOPanopticEvaluator, DetrInstanceEvaluator]
 
 
-def test_build_evaluator_stage1_without_instances_json(tiny, tmp_path):
+def test_build_evaluator_stage1_box_ap_and_nothing_to_evaluate(tiny, tmp_path):
     cfg = tiny(tmp_path, stage=1)
     register_toy_panoptic(cfg.DATASETS.TOY.ROOT)
+    kinds = [
+        type(e) for e in DetrPanopticTrainer.build_evaluator(cfg, "toy_panoptic_val")._evaluators
+    ]
+    assert kinds == [DetrInstanceEvaluator]
+    cfg = tiny(tmp_path, stage=1, extra=["MODEL.DETR.TEST.INSTANCE_ON", "False"])
     with pytest.raises(NotImplementedError) as e:
         DetrPanopticTrainer.build_evaluator(cfg, "toy_panoptic_val")
     msg = str(e.value)

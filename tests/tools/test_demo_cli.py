@@ -91,3 +91,25 @@ def test_demo_needs_input_or_dataset(tmp_path):
     proc = run_tool("demo.py", "--config-file", STAGE2, "--output", tmp_path / "vis")
     assert proc.returncode == 2
     assert "give either --input or --dataset" in proc.stdout
+
+
+def test_demo_skips_unreadable_files_and_fails_at_the_end(cli_toy_root, tmp_path):
+    """A truncated and a corrupt image in a folder: skipped with a message naming each, the images after them
+    still get their pictures, and the exit status says something went wrong."""
+    src = tmp_path / "inputs"
+    src.mkdir()
+    good = open(f"{cli_toy_root}/val/images/000001.jpg", "rb").read()
+    (src / "a_good.jpg").write_bytes(good)
+    (src / "b_truncated.jpg").write_bytes(good[: len(good) // 2])
+    (src / "c_corrupt.jpg").write_bytes(b"definitely not a JPEG")
+    (src / "d_good.jpg").write_bytes(good)
+    out = tmp_path / "vis"
+    proc = run_tool(
+        "demo.py", "--config-file", STAGE2, "--input", src, "--output", out,
+        *_opts(tmp_path, cli_toy_root),
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout[-4000:]
+    assert sorted(p.name for p in out.glob("*.png")) == ["a_good.png", "d_good.png"]
+    for bad in ("b_truncated.jpg", "c_corrupt.jpg"):
+        assert f"skipped: Image {src / bad} cannot be read" in proc.stdout, proc.stdout[-4000:]
+    assert "wrote 2 picture(s)" in proc.stdout and "2 file(s) could not be read" in proc.stdout
