@@ -32,7 +32,7 @@ stamp_inputs() {
 STAMP="$VENV/.bootstrap-stamp"
 WANT="$(stamp_inputs)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] \
-   && "$VENV/bin/python" -c 'import torch, torchvision, detectron2, panopticapi, detr_panoptic_d2' 2>/dev/null; then
+   && "$VENV/bin/python" -c 'import torch, torchvision, detectron2, panopticapi, detr_panoptic_d2, detr_panoptic_runtime' 2>/dev/null; then
   step "environment ready ($VENV)"
   exit 0
 fi
@@ -69,6 +69,6 @@ step "panopticapi ($PANOPTICAPI)"
 step "project (pip install -e .)"
 "${PIP[@]}" --no-deps -e "$ROOT" || fail "pip install -e $ROOT"
 
-"$PY" -c 'import torch, torchvision, detectron2, panopticapi, detr_panoptic_d2' || fail "import check"
+"$PY" -c 'import torch, torchvision, detectron2, panopticapi, detr_panoptic_d2, detr_panoptic_runtime' || fail "import check"
 echo "$WANT" > "$STAMP"
 step "environment ready ($VENV)"
