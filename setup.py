@@ -5,7 +5,8 @@ setup(
     version="0.1.0",
     description="DETR for panoptic segmentation as a Detectron2 plugin",
     python_requires=">=3.10",
-    # detr_panoptic_runtime: runs exported models with numpy + Pillow (+ torch or onnxruntime), no Detectron2
+    # detr_panoptic_runtime: runs exported models with numpy + Pillow (+ torch or onnxruntime), no
+    # Detectron2
     packages=find_packages(
         include=["detr_panoptic_d2", "detr_panoptic_d2.*", "detr_panoptic_runtime"]
     ),

@@ -6,8 +6,8 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 
 
 def draw_prediction(image_rgb, predictions, metadata, scale=1.0):
-    """(H, W, 3) uint8 RGB + a model output dict → (H', W', 3) uint8 picture of its panoptic segmentation
-    (or of its instances when there is no panoptic output)."""
+    """(H, W, 3) uint8 RGB + a model output dict → (H', W', 3) uint8 picture of its panoptic
+    segmentation (or of its instances when there is no panoptic output)."""
     vis = Visualizer(image_rgb, metadata, scale=scale, instance_mode=ColorMode.IMAGE)
     if "panoptic_seg" in predictions:
         seg, info = predictions["panoptic_seg"]
@@ -17,7 +17,8 @@ def draw_prediction(image_rgb, predictions, metadata, scale=1.0):
 
 
 def draw_ground_truth(image_rgb, dataset_dict, metadata, scale=1.0):
-    """Ground truth of a Detectron2 dataset dict (panoptic PNG + segments_info) drawn on the image."""
+    """Ground truth of a Detectron2 dataset dict (panoptic PNG + segments_info) drawn on the
+    image."""
     return Visualizer(image_rgb, metadata, scale=scale).draw_dataset_dict(dataset_dict).get_image()
 
 
@@ -36,8 +37,9 @@ def side_by_side(*images, gap=8):
 
 @torch.no_grad()
 def explain_queries(model, inputs, metadata, out_path, input_format="RGB", max_queries=8):
-    """For one image, draw each kept query's box, its M attention maps (H/32 × W/32 of the transformer
-    input) and its mask, one row per query, into ``out_path`` (PNG). Returns the number of rows drawn."""
+    """For one image, draw each kept query's box, its M attention maps (H/32 × W/32 of the
+    transformer input) and its mask, one row per query, into ``out_path`` (PNG). Returns the number
+    of rows drawn."""
     import matplotlib
 
     matplotlib.use("Agg")

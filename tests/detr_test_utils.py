@@ -1,6 +1,6 @@
 """Helpers of the modeling tests (imported by name: ``conftest`` is ambiguous when several test
-directories are collected together): a tiny DETR config (ResNet-18, hidden 128, 1 enc / 2 dec layers,
-10 queries, 5 classes) and synthetic Detectron2 inputs."""
+directories are collected together): a tiny DETR config (ResNet-18, hidden 128, 1 enc / 2 dec
+layers, 10 queries, 5 classes) and synthetic Detectron2 inputs."""
 
 import torch
 from detectron2.config import get_cfg

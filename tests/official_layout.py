@@ -1,6 +1,7 @@
-"""Checkpoints in the ORIGINAL DETR implementation's key layout, made from this plugin's R-50 models by an inverse
-mapping written here independently of the converter (plugin names → DETR names, contiguous class rows → COCO-id
-rows): what an official checkpoint looks like, with random values."""
+"""Checkpoints in the ORIGINAL DETR implementation's key layout, made from this plugin's R-50 models
+by an inverse mapping written here independently of the converter (plugin names → DETR names,
+contiguous class rows → COCO-id rows): what an official checkpoint looks like, with random
+values."""
 
 import argparse
 import re
@@ -39,7 +40,8 @@ def official_cfg(panoptic=True):
 
 
 def randomized(model, seed):
-    """The model with its FrozenBN statistics, norms and biases randomized (so every mapping matters)."""
+    """The model with its FrozenBN statistics, norms and biases randomized (so every mapping
+    matters)."""
     g = torch.Generator().manual_seed(seed)
     sd = model.state_dict()
     with torch.no_grad():
@@ -57,7 +59,7 @@ def randomized(model, seed):
     return model
 
 
-# ---- inverse mapping (plugin → original DETR), written independently of the converter --------------------
+# ---- inverse mapping (plugin → original DETR), written independently of the converter ------------
 _BN = {"weight", "bias", "running_mean", "running_var"}
 
 
@@ -76,7 +78,8 @@ def to_torchvision(name):
 
 
 def to_original(sd, panoptic, gen):
-    """Plugin state dict → original DETR / DETRsegm state dict (COCO-id class rows, unused rows random)."""
+    """Plugin state dict → original DETR / DETRsegm state dict (COCO-id class rows, unused rows
+    random)."""
     p = "detr." if panoptic else ""
     meta = MetadataCatalog.get("coco_2017_val_panoptic" if panoptic else "coco_2017_val")
     id_map = dict(meta.thing_dataset_id_to_contiguous_id)
@@ -133,10 +136,12 @@ def official_args(**kw):
 
 
 def write_official_checkpoint(path, panoptic=True, seed=0, distinct_queries=False, **args):
-    """Save an R-50 DETR(segm) checkpoint in the official layout ({"model": ..., "args": Namespace}) with
-    random values; returns the plugin model it was made from (the expected weights after conversion).
-    ``distinct_queries``: object queries scaled up, so that, as in a trained model, the queries' decoder
-    outputs differ enough to predict different classes (an untrained DETR gives them all the same class)."""
+    """Save an R-50 DETR(segm) checkpoint in the official layout ({"model": ..., "args": Namespace})
+    with random values; returns the plugin model it was made from (the expected weights after
+    conversion).
+    ``distinct_queries``: object queries scaled up, so that, as in a trained model, the queries'
+    decoder outputs differ enough to predict different classes (an untrained DETR gives them all the
+    same class)."""
     torch.manual_seed(seed)
     model = randomized(build_model(official_cfg(panoptic)).eval(), seed + 1)
     if distinct_queries:

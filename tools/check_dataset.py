@@ -1,12 +1,14 @@
 #!/usr/bin/env python
 """Check registered panoptic data sets the way training reads them, and list every problem.
 
-    python tools/check_dataset.py --config-file CONFIG [--dataset NAME [--dataset NAME2 ...]] [KEY VALUE ...]
+    python tools/check_dataset.py --config-file CONFIG [--dataset NAME [--dataset NAME2 ...]] \\
+        [KEY VALUE ...]
 
-Reads every record of each data set (default: the config's DATASETS.TRAIN and DATASETS.TEST) with the training
-mapper's rules: missing or unreadable (corrupt, truncated) images and PNGs, image/PNG size mismatches, segment
-ids absent from the PNG or not listed in segments_info, category ids the metadata does not know or beyond
-MODEL.DETR.NUM_CLASSES. Images without segments are counted (they are legal). Exits 1 if there is any problem.
+Reads every record of each data set (default: the config's DATASETS.TRAIN and DATASETS.TEST) with
+the training mapper's rules: missing or unreadable (corrupt, truncated) images and PNGs, image/PNG
+size mismatches, segment ids absent from the PNG or not listed in segments_info, category ids the
+metadata does not know or beyond MODEL.DETR.NUM_CLASSES. Images without segments are counted (they
+are legal). Exits 1 if there is any problem.
 Register your own data sets first (e.g. in a copy of this script, before main()), as for training.
 """
 

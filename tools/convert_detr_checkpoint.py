@@ -4,11 +4,13 @@
     python tools/convert_detr_checkpoint.py \
         --source-model https://dl.fbaipublicfiles.com/detr/detr-r50-panoptic-00ce5173.pth \
         --output-model detr_r50_panoptic.pth
-    python tools/train_net.py --config-file configs/COCO-PanopticSegmentation/detr_R_50_stage2.yaml \
+    python tools/train_net.py \
+        --config-file configs/COCO-PanopticSegmentation/detr_R_50_stage2.yaml \
         --eval-only MODEL.WEIGHTS detr_r50_panoptic.pth
 
-Panoptic checkpoints (DETRsegm, 250 classes) → 133 contiguous COCO panoptic classes; detection checkpoints
-(DETR, 91 classes) → 80 COCO thing classes (--metadata coco_detection, picked automatically).
+Panoptic checkpoints (DETRsegm, 250 classes) → 133 contiguous COCO panoptic classes; detection
+checkpoints (DETR, 91 classes) → 80 COCO thing classes (--metadata coco_detection, picked
+automatically).
 """
 
 import argparse
@@ -40,8 +42,9 @@ def main(argv=None):
         print(f"error: {msg}", file=sys.stderr)
         return 1
     print(
-        f"wrote {a.output_model}: {len(ckpt['model'])} tensors, {info.kind} DETR R-{info.resnet_depth}, "
-        f"{info.source_num_classes} source classes -> {info.num_classes} contiguous classes ({info.metadata})"
+        f"wrote {a.output_model}: {len(ckpt['model'])} tensors, {info.kind} DETR "
+        f"R-{info.resnet_depth}, {info.source_num_classes} source classes -> {info.num_classes} "
+        f"contiguous classes ({info.metadata})"
     )
     if info.dilation is None:
         print(

@@ -1,14 +1,17 @@
 #!/usr/bin/env python
-"""Convert a torchvision ImageNet ResNet state dict into a Detectron2 backbone checkpoint for this plugin.
+"""Convert a torchvision ImageNet ResNet state dict into a Detectron2 backbone checkpoint for this
+plugin.
 
     python tools/convert_torchvision_resnet.py \
-        --source-model https://download.pytorch.org/models/resnet50-0676ba61.pth --output-model R-50.pth
-    python tools/train_net.py --config-file configs/COCO-PanopticSegmentation/detr_R_50_stage1.yaml \
+        --source-model https://download.pytorch.org/models/resnet50-0676ba61.pth \
+        --output-model R-50.pth
+    python tools/train_net.py \
+        --config-file configs/COCO-PanopticSegmentation/detr_R_50_stage1.yaml \
         MODEL.WEIGHTS R-50.pth
 
-Keys become detr.backbone.stem.* / detr.backbone.res{2..5}.* (Detectron2 ResNet names in the plugin's model), fc is
-dropped. The config must
-use torchvision-style blocks (MODEL.RESNETS.STRIDE_IN_1X1 False; RES2_OUT_CHANNELS 64 for R-18/34).
+Keys become detr.backbone.stem.* / detr.backbone.res{2..5}.* (Detectron2 ResNet names in the
+plugin's model), fc is dropped. The config must use torchvision-style blocks
+(MODEL.RESNETS.STRIDE_IN_1X1 False; RES2_OUT_CHANNELS 64 for R-18/34).
 """
 
 import argparse

@@ -3,10 +3,11 @@
 
     python tools/demo.py --config-file CONFIG --input img.jpg dir/ "imgs/*.png" --output out/ \
         [--confidence-threshold T] [--explain] MODEL.WEIGHTS model.pth
-    python tools/demo.py --config-file CONFIG --dataset toy_panoptic_val --num 8 --output out/ MODEL.WEIGHTS ...
+    python tools/demo.py --config-file CONFIG --dataset toy_panoptic_val --num 8 --output out/ \
+        MODEL.WEIGHTS ...
 
---dataset draws each prediction next to the ground truth; --explain also writes, per image, each kept
-query's box, multi-head attention maps and mask in one PNG (<name>_queries.png).
+--dataset draws each prediction next to the ground truth; --explain also writes, per image, each
+kept query's box, multi-head attention maps and mask in one PNG (<name>_queries.png).
 """
 
 import argparse

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Plot the total loss (and the given keys) of one or more Detectron2 metrics.json files into a PNG.
 
-python tools/plot_metrics.py output/toy/stage1/metrics.json output/toy/stage2/metrics.json -o loss.png
+python tools/plot_metrics.py output/toy/stage1/metrics.json output/toy/stage2/metrics.json \\
+    -o loss.png
 """
 
 import argparse
@@ -14,9 +15,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def read_metrics(path):
-    """Training rows (with total_loss) of a metrics.json, in iteration order. Detectron2 appends to the file: when
-    the iteration goes back (a rerun in the same folder, or a --resume from an earlier checkpoint), the later run
-    replaces the earlier one's rows from that iteration on."""
+    """Training rows (with total_loss) of a metrics.json, in iteration order. Detectron2 appends to
+    the file: when the iteration goes back (a rerun in the same folder, or a --resume from an
+    earlier checkpoint), the later run replaces the earlier one's rows from that iteration on."""
     rows = []
     with open(path) as f:
         for n, line in enumerate(f, 1):

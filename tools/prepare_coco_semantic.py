@@ -4,7 +4,8 @@ coco_2017_{train,val}_panoptic_with_sem_seg (the layout Mask2Former's preparatio
 
     python tools/prepare_coco_semantic.py [--root $DETECTRON2_DATASETS] [--splits val2017 train2017]
 
-Writes coco/panoptic_semseg_<split>/*.png: contiguous class ids 0..132 (things and stuff), 255 where void.
+Writes coco/panoptic_semseg_<split>/*.png: contiguous class ids 0..132 (things and stuff), 255 where
+void.
 """
 
 import argparse

@@ -1,5 +1,6 @@
-"""Checkpoints: loading into the model (the checkpointer, stage-2 and mask-head loads), converters of original
-DETR and torchvision ResNet weights into this plugin's Detectron2 checkpoints, file IO."""
+"""Checkpoints: loading into the model (the checkpointer, stage-2 and mask-head loads), converters
+of original DETR and torchvision ResNet weights into this plugin's Detectron2 checkpoints, file
+IO."""
 
 from .detr_converter import (
     METADATA,

@@ -1,25 +1,28 @@
 """Original DETR checkpoints (facebookresearch/detr) → this plugin's Detectron2 checkpoints.
 
-Panoptic checkpoints (``DETRsegm``): keys ``detr.*`` (backbone, transformer, heads), ``bbox_attention.*`` and
-``mask_head.*``; 250 classes + no-object, rows indexed by COCO panoptic category id.
-Detection checkpoints (``DETR``): the same without the ``detr.`` prefix and the mask parts; 91 classes +
-no-object, rows indexed by COCO category id.
+Panoptic checkpoints (``DETRsegm``): keys ``detr.*`` (backbone, transformer, heads),
+``bbox_attention.*`` and ``mask_head.*``; 250 classes + no-object, rows indexed by COCO panoptic
+category id.
+Detection checkpoints (``DETR``): the same without the ``detr.`` prefix and the mask parts; 91
+classes + no-object, rows indexed by COCO category id.
 
-Renaming (original → plugin):
+Renaming (original → plugin; ``<part>`` is ``encoder`` or ``decoder``):
 
-=====================================================  ===================================================
-``[detr.]backbone.0.body.<torchvision ResNet>``        ``detr.backbone.<Detectron2 ResNet>``
-``[detr.]transformer.{encoder,decoder}.layers.{i}.*``  ``detr.transformer.{encoder,decoder}_layers.{i}.*``
-``[detr.]transformer.{encoder,decoder}.norm.*``        ``detr.transformer.{encoder,decoder}_norm.*``
-``[detr.]{input_proj,query_embed,bbox_embed}.*``       ``detr.`` + the same
-``[detr.]class_embed.*``                               ``detr.class_embed.*``, rows remapped to contiguous ids
-``bbox_attention.*`` / ``mask_head.*``                 ``mask_head.bbox_attention.*`` / ``mask_head.mask_head.*``
-=====================================================  ===================================================
+================================================  =================================================
+``[detr.]backbone.0.body.<torchvision ResNet>``   ``detr.backbone.<Detectron2 ResNet>``
+``[detr.]transformer.<part>.layers.{i}.*``        ``detr.transformer.<part>_layers.{i}.*``
+``[detr.]transformer.<part>.norm.*``              ``detr.transformer.<part>_norm.*``
+``[detr.]{input_proj,query_embed,bbox_embed}.*``  ``detr.`` + the same
+``[detr.]class_embed.*``                          ``detr.class_embed.*``, rows remapped (see below)
+``bbox_attention.*``                              ``mask_head.bbox_attention.*``
+``mask_head.*``                                   ``mask_head.mask_head.*``
+================================================  =================================================
 
-Class rows: the row of contiguous id ``c`` is the source row of the dataset id ``d`` with ``map[d] == c``
-(Detectron2's builtin metadata: ``coco_2017_val_panoptic`` things + stuff → 133, ``coco_2017_val`` things → 80);
-the no-object row (last) stays last. Every source key must be used and the result must load strictly into the
-plugin's model built for it; otherwise a KeyError names the keys.
+Class rows: the row of contiguous id ``c`` is the source row of the dataset id ``d`` with
+``map[d] == c`` (Detectron2's builtin metadata: ``coco_2017_val_panoptic`` things + stuff → 133,
+``coco_2017_val`` things → 80); the no-object row (last) stays last. Every source key must be used
+and the result must load strictly into the plugin's model built for it; otherwise a KeyError names
+the keys.
 """
 
 import re
@@ -31,7 +34,8 @@ from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 from .io import load_state_dict_file, save_d2_checkpoint
 from .torchvision_converter import check_loads_strictly, convert_resnet_state_dict, resnet_depth
 
-# --metadata choice → Detectron2 builtin data set whose metadata gives the dataset id → contiguous id map
+# --metadata choice → Detectron2 builtin data set whose metadata gives the dataset id → contiguous
+# id map
 METADATA = {"coco_panoptic": "coco_2017_val_panoptic", "coco_detection": "coco_2017_val"}
 _BODY_RULES = [  # (original name without "detr.", plugin name)
     (r"^transformer\.(encoder|decoder)\.layers\.(.+)$", r"detr.transformer.\1_layers.\2"),
@@ -46,7 +50,7 @@ _MASK_RULES = [
 
 @dataclass
 class DetrCheckpointInfo:
-    """What the converter learned about the source checkpoint (hyper-parameters and class mapping)."""
+    """What the converter learned about the source checkpoint (hyper-parameters, class mapping)."""
 
     kind: str  # "panoptic" or "detection"
     metadata: str  # key of METADATA
@@ -65,8 +69,8 @@ class DetrCheckpointInfo:
 
 
 def contiguous_id_map(metadata):
-    """{dataset category id: contiguous id} of ``metadata`` ("coco_panoptic" / "coco_detection" / a Detectron2
-    data set name)."""
+    """{dataset category id: contiguous id} of ``metadata`` ("coco_panoptic" / "coco_detection" / a
+    Detectron2 data set name)."""
     import detectron2.data.datasets  # noqa: F401  (registers the builtin data sets)
     from detectron2.data import MetadataCatalog
 
@@ -79,12 +83,13 @@ def contiguous_id_map(metadata):
 
 
 def remap_class_rows(tensor, id_map, source_name="checkpoint"):
-    """(R, ...) class-head rows indexed by dataset id, last row no-object → (K + 1, ...) rows indexed by
-    contiguous id, last row the same no-object row."""
+    """(R, ...) class-head rows indexed by dataset id, last row no-object → (K + 1, ...) rows
+    indexed by contiguous id, last row the same no-object row."""
     num_rows = tensor.shape[0]
     if max(id_map) >= num_rows - 1:
-        raise ValueError(f"{source_name}: class_embed has {num_rows} rows (incl. no-object) but the metadata "
-                         f"has category id {max(id_map)}; wrong --metadata?")  # fmt: skip
+        raise ValueError(f"{source_name}: class_embed has {num_rows} rows (incl. no-object) "
+                         f"but the metadata has category id {max(id_map)}; "
+                         "wrong --metadata?")  # fmt: skip
     order = [d for d, _ in sorted(id_map.items(), key=lambda kv: kv[1])]
     return tensor.index_select(0, torch.tensor(order + [num_rows - 1], dtype=torch.long)).clone()
 
@@ -99,7 +104,8 @@ def _rename(state_dict, panoptic, source_name):
     for k, v in state_dict.items():
         if k in used:
             continue
-        # the body's keys start with "detr." in panoptic checkpoints; the mask head's parts lie outside it
+        # the body's keys start with "detr." in panoptic checkpoints; the mask head's parts lie
+        # outside it
         name, rules = (k[len(body) :], _BODY_RULES) if k.startswith(body) else (k, _MASK_RULES)
         new = next((re.sub(p, r, name) for p, r in rules if re.match(p, name)), None)
         if new is None:
@@ -108,7 +114,8 @@ def _rename(state_dict, panoptic, source_name):
             out[new], source_of[new] = v, k
     if unknown:
         raise KeyError(
-            f"{source_name}: unexpected keys with no counterpart in the plugin's model: {sorted(unknown)}"
+            f"{source_name}: unexpected keys with no counterpart in the plugin's model: "
+            f"{sorted(unknown)}"
         )
     return out, source_of
 
@@ -122,10 +129,11 @@ def _shape(out, key, dim, source_name):
 def convert_detr_state_dict(state_dict, metadata=None, args=None, source_name="checkpoint"):
     """Convert an original DETR / DETRsegm state dict to this plugin's names and class order.
 
-    state_dict: the checkpoint's "model"; metadata: "coco_panoptic", "coco_detection" or None (panoptic when
-    the checkpoint has a mask head); args: the checkpoint's "args" (Namespace or dict), optional.
-    Returns (new state dict, DetrCheckpointInfo). Raises KeyError naming any unknown or missing key: the result
-    is loaded strictly into the plugin's model of the same hyper-parameters.
+    state_dict: the checkpoint's "model"; metadata: "coco_panoptic", "coco_detection" or None
+    (panoptic when the checkpoint has a mask head); args: the checkpoint's "args" (Namespace or
+    dict), optional.
+    Returns (new state dict, DetrCheckpointInfo). Raises KeyError naming any unknown or missing key:
+    the result is loaded strictly into the plugin's model of the same hyper-parameters.
     """
     if not isinstance(state_dict, dict) or not all(torch.is_tensor(v) for v in state_dict.values()):
         raise ValueError(f"{source_name}: 'model' is not a state dict of tensors")
@@ -152,8 +160,9 @@ def convert_detr_state_dict(state_dict, metadata=None, args=None, source_name="c
     for k in ("detr.class_embed.weight", "detr.class_embed.bias"):
         out[k] = remap_class_rows(out[k], id_map, source_name) if k in out else None
     info = DetrCheckpointInfo(
-        "panoptic" if panoptic else "detection", metadata, len(id_map), source_rows - 1, hidden_dim,
-        _shape(out, "detr.query_embed.weight", 0, source_name), layers("encoder"), layers("decoder"),
+        "panoptic" if panoptic else "detection", metadata, len(id_map), source_rows - 1,
+        hidden_dim, _shape(out, "detr.query_embed.weight", 0, source_name),
+        layers("encoder"), layers("decoder"),
         _shape(out, "detr.transformer.encoder_layers.0.linear1.weight", 0, source_name),
         any(k.startswith("detr.transformer.encoder_norm.") for k in out),
         resnet_depth(out, "detr.backbone."), nheads, args.get("dilation"), args,
@@ -177,7 +186,8 @@ def convert_detr_state_dict(state_dict, metadata=None, args=None, source_name="c
 
 
 def build_target_model(info):
-    """The plugin's model (random weights, CPU) that a checkpoint described by ``info`` loads into."""
+    """The plugin's model (random weights, CPU) that a checkpoint described by ``info`` loads
+    into."""
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
@@ -186,10 +196,12 @@ def build_target_model(info):
     cfg = get_cfg()
     add_detr_panoptic_config(cfg)
     cfg.merge_from_list(config_overrides(info) + _flat({
-        "MODEL.META_ARCHITECTURE": "DetrPanoptic", "MODEL.BACKBONE.NAME": "build_detr_resnet_backbone",
+        "MODEL.META_ARCHITECTURE": "DetrPanoptic",
+        "MODEL.BACKBONE.NAME": "build_detr_resnet_backbone",
         "MODEL.RESNETS.STRIDE_IN_1X1": False,
         "MODEL.RESNETS.OUT_FEATURES": '["res2", "res3", "res4", "res5"]',
-        "MODEL.DEVICE": "cpu", "DATASETS.TRAIN": "()", "DATASETS.TEST": f'("{METADATA[info.metadata]}",)',
+        "MODEL.DEVICE": "cpu", "DATASETS.TRAIN": "()",
+        "DATASETS.TEST": f'("{METADATA[info.metadata]}",)',
         # detection checkpoints without args: any divisor of the width builds the same keys
         "MODEL.DETR.NHEADS": 1 if info.nheads is None else info.nheads,
     }))  # fmt: skip
@@ -197,9 +209,11 @@ def build_target_model(info):
 
 
 def convert_detr_checkpoint(source, output=None, metadata=None):
-    """Read an original DETR checkpoint (path or URL), convert it, and save it to ``output`` (.pth) if given.
+    """Read an original DETR checkpoint (path or URL), convert it, and save it to ``output`` (.pth)
+    if given.
 
-    Returns (Detectron2 checkpoint dict {"model", "__author__", "matching_heuristics"}, DetrCheckpointInfo).
+    Returns (Detectron2 checkpoint dict {"model", "__author__", "matching_heuristics"},
+    DetrCheckpointInfo).
     """
     ckpt = load_state_dict_file(source)
     if not isinstance(ckpt, dict):
@@ -218,11 +232,13 @@ def _flat(options):
 
 
 def config_overrides(info):
-    """Config options (KEY VALUE list) that make the plugin's model match the converted checkpoint."""
+    """Config options (KEY VALUE list) that make the plugin's model match the converted
+    checkpoint."""
     o = {
         "MODEL.RESNETS.DEPTH": info.resnet_depth, "MODEL.DETR.NUM_CLASSES": info.num_classes,
         "MODEL.DETR.HIDDEN_DIM": info.hidden_dim, "MODEL.DETR.ENC_LAYERS": info.enc_layers,
-        "MODEL.DETR.DEC_LAYERS": info.dec_layers, "MODEL.DETR.DIM_FEEDFORWARD": info.dim_feedforward,
+        "MODEL.DETR.DEC_LAYERS": info.dec_layers,
+        "MODEL.DETR.DIM_FEEDFORWARD": info.dim_feedforward,
         "MODEL.DETR.NUM_OBJECT_QUERIES": info.num_queries, "MODEL.DETR.PRE_NORM": info.pre_norm,
     }  # fmt: skip
     if info.resnet_depth in (18, 34):

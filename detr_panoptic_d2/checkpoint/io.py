@@ -1,4 +1,5 @@
-"""Reading and writing checkpoint files: any PyTorch checkpoint by path or URL, Detectron2's .pth format."""
+"""Reading and writing checkpoint files: any PyTorch checkpoint by path or URL, Detectron2's .pth
+format."""
 
 import argparse
 import os
@@ -9,8 +10,9 @@ import torch
 def load_state_dict_file(path_or_url):
     """torch.load a local file or URL (downloaded through Detectron2's PathManager) on the CPU.
 
-    Loads with ``weights_only=True`` (plus ``argparse.Namespace``, which DETR checkpoints hold in "args").
-    Raises FileNotFoundError / RuntimeError naming the file when it cannot be fetched or read.
+    Loads with ``weights_only=True`` (plus ``argparse.Namespace``, which DETR checkpoints hold in
+    "args"). Raises FileNotFoundError / RuntimeError naming the file when it cannot be fetched or
+    read.
     """
     from detectron2.utils.file_io import PathManager
 
@@ -26,12 +28,14 @@ def load_state_dict_file(path_or_url):
     except Exception as e:
         raise RuntimeError(
             f"cannot read checkpoint {path_or_url}: not a readable PyTorch checkpoint "
-            f"(corrupt, truncated, or holding objects other than tensors and argparse.Namespace): {e}"
+            "(corrupt, truncated, or holding objects other than tensors and "
+            f"argparse.Namespace): {e}"
         ) from e
 
 
 def save_d2_checkpoint(state_dict, output_path, author):
-    """Save as a Detectron2 .pth checkpoint: {"model": ..., "__author__": ..., "matching_heuristics": False}.
+    """Save as a Detectron2 .pth checkpoint: {"model": ..., "__author__": ...,
+    "matching_heuristics": False}.
 
     ``DetectionCheckpointer`` loads these names as they are (no name-matching heuristics).
     """

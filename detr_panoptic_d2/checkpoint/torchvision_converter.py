@@ -1,13 +1,14 @@
 """torchvision ResNet weights → Detectron2 ResNet names (the one implementation of the renaming).
 
 torchvision: ``conv1``, ``bn1``, ``layer{1..4}.{i}.conv{j}`` / ``bn{j}`` / ``downsample.0`` (conv) /
-``downsample.1`` (BN), ``fc``. Detectron2 (``build_resnet_backbone``): ``stem.conv1`` + ``stem.conv1.norm``,
-``res{2..5}.{i}.conv{j}`` + ``conv{j}.norm``, ``shortcut`` + ``shortcut.norm``. A BatchNorm keeps weight, bias,
-running_mean and running_var (what Detectron2's FrozenBatchNorm2d holds); ``num_batches_tracked`` is dropped.
-Completeness is checked by loading the result strictly into the Detectron2 ResNet of the same depth.
+``downsample.1`` (BN), ``fc``. Detectron2 (``build_resnet_backbone``): ``stem.conv1`` +
+``stem.conv1.norm``, ``res{2..5}.{i}.conv{j}`` + ``conv{j}.norm``, ``shortcut`` + ``shortcut.norm``.
+A BatchNorm keeps weight, bias, running_mean and running_var (what Detectron2's FrozenBatchNorm2d
+holds); ``num_batches_tracked`` is dropped. Completeness is checked by loading the result strictly
+into the Detectron2 ResNet of the same depth.
 
-The ResNet must be torchvision-style (stride in the 3×3 conv): ``MODEL.RESNETS.STRIDE_IN_1X1 False``, and
-``MODEL.RESNETS.RES2_OUT_CHANNELS 64`` for R-18/34.
+The ResNet must be torchvision-style (stride in the 3×3 conv):
+``MODEL.RESNETS.STRIDE_IN_1X1 False``, and ``MODEL.RESNETS.RES2_OUT_CHANNELS 64`` for R-18/34.
 """
 
 import re
@@ -35,8 +36,8 @@ DEPTHS = {((2, 2, 2, 2), False): 18, ((3, 4, 6, 3), False): 34, ((3, 4, 6, 3), T
 def rename_torchvision_resnet_key(key):
     """One torchvision ResNet key → its Detectron2 name (without the ``backbone.`` prefix).
 
-    Returns None for keys dropped on purpose (``fc.*``, ``*.num_batches_tracked``). Raises KeyError for
-    anything else that is not a ResNet key.
+    Returns None for keys dropped on purpose (``fc.*``, ``*.num_batches_tracked``). Raises KeyError
+    for anything else that is not a ResNet key.
     """
     for pattern, repl in _RULES:
         m = re.match(pattern, key)
@@ -51,10 +52,11 @@ def rename_torchvision_resnet_key(key):
 def convert_resnet_state_dict(
     state_dict, src_prefix="", dst_prefix="backbone.", source_name="state dict"
 ):
-    """Rename the torchvision ResNet keys under ``src_prefix`` to Detectron2 names under ``dst_prefix``.
+    """Rename the torchvision ResNet keys under ``src_prefix`` to Detectron2 names under
+    ``dst_prefix``.
 
-    Each key under ``src_prefix`` must be a ResNet key (KeyError naming it otherwise). Returns (new state dict,
-    {new key: source key} of the renamed tensors, set of consumed source keys).
+    Each key under ``src_prefix`` must be a ResNet key (KeyError naming it otherwise). Returns (new
+    state dict, {new key: source key} of the renamed tensors, set of consumed source keys).
     """
     out, source_of, used = {}, {}, set()
     for k, v in state_dict.items():
@@ -73,7 +75,8 @@ def convert_resnet_state_dict(
 
 
 def resnet_depth(state_dict, prefix="backbone."):
-    """Depth of the Detectron2-named ResNet in ``state_dict`` (block counts per stage, bottleneck or not)."""
+    """Depth of the Detectron2-named ResNet in ``state_dict`` (block counts per stage, bottleneck or
+    not)."""
     n = len(prefix.split("."))  # index of the block number in a key
     blocks = tuple(
         len({k.split(".")[n] for k in state_dict if k.startswith(f"{prefix}res{s}.")})
@@ -86,9 +89,10 @@ def resnet_depth(state_dict, prefix="backbone."):
 
 
 def check_loads_strictly(module, state_dict, source_of, source_name):
-    """Load ``state_dict`` into ``module`` strictly; a KeyError names the keys missing from it and the unexpected
-    ones (with their source names), checked against ``module.state_dict()`` itself (``load_state_dict``'s report
-    would miss BatchNorm statistics: Detectron2's FrozenBatchNorm2d fills them in for old checkpoints)."""
+    """Load ``state_dict`` into ``module`` strictly; a KeyError names the keys missing from it and
+    the unexpected ones (with their source names), checked against ``module.state_dict()`` itself
+    (``load_state_dict``'s report would miss BatchNorm statistics: Detectron2's FrozenBatchNorm2d
+    fills them in for old checkpoints)."""
     own = module.state_dict()
     missing, unexpected = sorted(set(own) - set(state_dict)), sorted(set(state_dict) - set(own))
     if missing or unexpected:
@@ -112,10 +116,11 @@ def resnet_cfg(depth):
 
 
 def convert_torchvision_resnet(state_dict, source_name="torchvision ResNet"):
-    """torchvision ImageNet ResNet state dict (``conv1``, ``bn1``, ``layer*``, ``fc``) → Detectron2 backbone
-    state dict with the plugin model's keys ``detr.backbone.stem.*``, ``detr.backbone.res{2..5}.*`` (``fc``
-    dropped; ``MODEL.WEIGHTS`` of a stage-1 config), checked against the Detectron2 ResNet of the same depth.
-    Accepts a ``{"model": ...}`` / ``{"state_dict": ...}`` wrapper and a ``module.`` prefix."""
+    """torchvision ImageNet ResNet state dict (``conv1``, ``bn1``, ``layer*``, ``fc``) → Detectron2
+    backbone state dict with the plugin model's keys ``detr.backbone.stem.*``,
+    ``detr.backbone.res{2..5}.*`` (``fc`` dropped; ``MODEL.WEIGHTS`` of a stage-1 config), checked
+    against the Detectron2 ResNet of the same depth. Accepts a ``{"model": ...}`` /
+    ``{"state_dict": ...}`` wrapper and a ``module.`` prefix."""
     from ..modeling.backbone import build_detr_resnet_backbone
 
     wrapped = [

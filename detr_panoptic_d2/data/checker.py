@@ -1,5 +1,5 @@
-"""Checking a registered panoptic data set with the dataset mapper's own rules, listing every problem (the
-mapper stops at the first one). Used by ``tools/check_dataset.py``."""
+"""Checking a registered panoptic data set with the dataset mapper's own rules, listing every
+problem (the mapper stops at the first one). Used by ``tools/check_dataset.py``."""
 
 import json
 from dataclasses import dataclass, field
@@ -21,16 +21,16 @@ class DatasetReport:
 
 
 def _json_problems(meta, num_classes):
-    """Problems visible in the metadata and the panoptic JSON itself: contiguous ids beyond num_classes, a
-    missing or corrupt JSON, segments whose category id the metadata does not know (Detectron2's loader stops
-    at the first of those with a bare KeyError)."""
+    """Problems visible in the metadata and the panoptic JSON itself: contiguous ids beyond
+    num_classes, a missing or corrupt JSON, segments whose category id the metadata does not know
+    (Detectron2's loader stops at the first of those with a bare KeyError)."""
     problems = []
     known = dict(getattr(meta, "stuff_dataset_id_to_contiguous_id", {}))
     known.update(getattr(meta, "thing_dataset_id_to_contiguous_id", {}))
     if known and max(known.values()) >= num_classes:
         problems.append(
-            f"metadata: contiguous class ids go up to {max(known.values())} but MODEL.DETR.NUM_CLASSES is "
-            f"{num_classes}"
+            f"metadata: contiguous class ids go up to {max(known.values())} but "
+            f"MODEL.DETR.NUM_CLASSES is {num_classes}"
         )
     path = meta.get("panoptic_json")
     if path is None:
@@ -52,9 +52,9 @@ def _json_problems(meta, num_classes):
 
 
 def check_dataset(name, num_classes, image_format="RGB", progress=None):
-    """Read every record of the registered data set ``name`` as the training mapper does (image, panoptic PNG,
-    semantic PNG when registered) and collect every problem. ``progress``: optional wrapper of the record
-    iterator (e.g. tqdm). Returns a :class:`DatasetReport`."""
+    """Read every record of the registered data set ``name`` as the training mapper does (image,
+    panoptic PNG, semantic PNG when registered) and collect every problem. ``progress``: optional
+    wrapper of the record iterator (e.g. tqdm). Returns a :class:`DatasetReport`."""
     report = DatasetReport(name)
     if name not in DatasetCatalog.list():
         report.problems.append(f"{name}: not a registered data set (DatasetCatalog)")

@@ -55,8 +55,9 @@ def build_detr_augmentations(cfg, is_train):
 
 
 def _read(path, what, reader):
-    """reader(path) with errors that name the file: missing, or unreadable (corrupt, truncated, not an image:
-    PIL raises OSError/SyntaxError/ValueError with messages such as "image file is truncated")."""
+    """reader(path) with errors that name the file: missing, or unreadable (corrupt, truncated, not
+    an image: PIL raises OSError/SyntaxError/ValueError with messages such as "image file is
+    truncated")."""
     try:
         return reader(path)
     except FileNotFoundError as e:
@@ -66,8 +67,8 @@ def _read(path, what, reader):
 
 
 def read_image_file(path, image_format="RGB"):
-    """(H, W, C) uint8 image as ``detection_utils.read_image`` reads it; errors name the file, an empty image
-    is a ValueError."""
+    """(H, W, C) uint8 image as ``detection_utils.read_image`` reads it; errors name the file, an
+    empty image is a ValueError."""
     image = _read(path, "Image", lambda p: utils.read_image(p, format=image_format))
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError(f"Image {path} is empty (shape {image.shape})")
@@ -85,8 +86,9 @@ def read_panoptic_png(path):
 
 
 def panoptic_problems(segments, pan, image_shape, num_classes, png_name):
-    """Every way a panoptic PNG (H, W ids) and its ``segments_info`` disagree with each other, with the image's
-    (H, W) or with ``num_classes`` contiguous categories, as messages naming the PNG (empty: none)."""
+    """Every way a panoptic PNG (H, W ids) and its ``segments_info`` disagree with each other, with
+    the image's (H, W) or with ``num_classes`` contiguous categories, as messages naming the PNG
+    (empty: none)."""
     problems = []
     if pan.shape != tuple(image_shape):
         problems.append(
@@ -101,7 +103,8 @@ def panoptic_problems(segments, pan, image_shape, num_classes, png_name):
         )
     if present - listed:
         problems.append(
-            f"Panoptic PNG {png_name}: ids {sorted(present - listed)} are not listed in segments_info"
+            f"Panoptic PNG {png_name}: ids {sorted(present - listed)} are not listed in "
+            "segments_info"
         )
     for s in segments:
         if not 0 <= s["category_id"] < num_classes:
@@ -178,7 +181,8 @@ class DetrPanopticDatasetMapper:
         if self.is_train:
             index, classes = self._read_segment_index(dataset_dict, image.shape[:2])
             # Transforms resize sem_seg with nearest interpolation, exact for uint8 (PIL path);
-            # int32 is not supported there. More than 255 segments: encode the index in 3 uint8 channels.
+            # int32 is not supported there. More than 255 segments: encode the index in 3 uint8
+            # channels.
             sem_seg = index.astype(np.uint8) if len(classes) < 256 else id2rgb(index)
         else:
             dataset_dict.pop("segments_info", None)

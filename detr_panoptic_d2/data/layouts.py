@@ -58,7 +58,15 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from .scenes import THING_SHAPES, check_thing_colors, draw_scene, segments_from_ids
+from .scenes import (
+    THING_SHAPES,
+    check_split_sizes,
+    check_thing_colors,
+    draw_scene,
+    keep_registration,
+    panoptic_metadata,
+    segments_from_ids,
+)
 
 __all__ = [
     "LAYOUTS",
@@ -185,21 +193,24 @@ class _ColorIds:
         return _rgb_to_id(color)
 
 
-def _sample(
-    layout_things, layout_stuff, seed, split, index, size, thing_colors, void_prob, crowd_prob
-):
-    """Draw one image and decide its void strip and crowd things.
+def _sample(layout_things, layout_stuff, cfg, split, index, crowd_prob=None):
+    """Draw image ``index`` of ``split`` and decide its void strip and crowd things, with the
+    seed, image size, thing colours and probabilities of ``cfg`` (``crowd_prob`` overrides
+    ``cfg["crowd_prob"]``).
 
     Returns:
         image (H, W, 3) uint8, scene ids (H, W) int32 (0 = void), dict scene id -> category id
         of the segments left visible, set of their thing scene ids, set of crowd scene ids.
     """
+    seed, size, thing_colors = cfg["seed"], cfg["image_size"], cfg["thing_colors"]
+    if crowd_prob is None:
+        crowd_prob = cfg["crowd_prob"]
     split_index = _SPLITS.index(split)
     rng = np.random.default_rng([seed, split_index, index])
     scene = draw_scene(rng, size, layout_things, layout_stuff, thing_colors=thing_colors)
     extra = np.random.default_rng([seed, split_index, index, 1])
     image, ids = scene.image.copy(), scene.segment_ids.copy()
-    if extra.random() < void_prob:
+    if extra.random() < cfg["void_prob"]:
         rows = max(2, int(round(extra.uniform(0.05, 0.12) * ids.shape[0])))
         ids[-rows:] = 0
         strip = extra.normal(45, 6, size=image[-rows:].shape)
@@ -215,6 +226,17 @@ def _bbox(mask):
     ys, xs = np.nonzero(mask)
     x0, y0 = int(xs.min()), int(ys.min())
     return [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1]
+
+
+def _segment_info(segment_id, category_id, mask, iscrowd=0):
+    """A COCO panoptic ``segments_info`` entry of the segment covering the (H, W) bool ``mask``."""
+    return {
+        "id": segment_id,
+        "category_id": category_id,
+        "area": int(mask.sum()),
+        "bbox": _bbox(mask),
+        "iscrowd": iscrowd,
+    }
 
 
 def _uncompressed_rle(mask):
@@ -249,6 +271,18 @@ def _instance_annotation(mask, ann_id, image_id, category_id, iscrowd):
         "bbox": _bbox(mask),
         "iscrowd": int(iscrowd),
     }
+
+
+def _thing_annotations(pan_ids, segments, isthing, image_id, first_id):
+    """COCO instance annotations of the thing segments of one image (ids ``first_id``, ...), in
+    segment order; ``pan_ids`` is the (H, W) segment id map, ``isthing`` maps category ids."""
+    things = [seg for seg in segments if isthing[seg["category_id"]]]
+    return [
+        _instance_annotation(
+            pan_ids == seg["id"], ann_id, image_id, seg["category_id"], seg["iscrowd"]
+        )
+        for ann_id, seg in enumerate(things, first_id)
+    ]
 
 
 def _save_json(data, path, **kwargs):
@@ -296,19 +330,9 @@ def _write_coco(droot, cfg):
         os.makedirs(image_dir)
         os.makedirs(pan_dir)
         images, pan_anns, inst_anns = [], [], []
-        ann_id = 1 if split == "train" else 1_000_001
+        first_ann_id = 1 if split == "train" else 1_000_001
         for index in range(num):
-            image, ids, category_of, thing_sids, crowd = _sample(
-                things,
-                stuff,
-                cfg["seed"],
-                split,
-                index,
-                cfg["image_size"],
-                cfg["thing_colors"],
-                cfg["void_prob"],
-                cfg["crowd_prob"],
-            )
+            image, ids, category_of, thing_sids, crowd = _sample(things, stuff, cfg, split, index)
             image_id = (9 if split == "train" else 139) + 7 * index
             stem = f"{image_id:012d}"
             id_rng = np.random.default_rng([cfg["seed"], _SPLITS.index(split), index, 2])
@@ -328,14 +352,8 @@ def _write_coco(droot, cfg):
             pan_anns.append(
                 {"image_id": image_id, "file_name": stem + ".png", "segments_info": segments}
             )
-            for seg in segments:
-                if isthing[seg["category_id"]]:
-                    inst_anns.append(
-                        _instance_annotation(
-                            pan == seg["id"], ann_id, image_id, seg["category_id"], seg["iscrowd"]
-                        )
-                    )
-                    ann_id += 1
+            first_id = first_ann_id + len(inst_anns)
+            inst_anns += _thing_annotations(pan, segments, isthing, image_id, first_id)
         licenses = [{"id": 1, "name": "synthetic", "url": ""}]
         pan_json = os.path.join(droot, "annotations", f"panoptic_{s}.json")
         inst_json = os.path.join(droot, "annotations", f"instances_{s}.json")
@@ -445,15 +463,7 @@ def _cityscapes_panoptic(instance_ids, cats):
         iscrowd = int(segment_id < 1000 and bool(by_id[label]["isthing"]))
         mask = instance_ids == segment_id
         pan[mask] = [segment_id % 256, segment_id // 256 % 256, segment_id // 256 // 256]
-        segments.append(
-            {
-                "id": int(segment_id),
-                "category_id": int(label),
-                "area": int(mask.sum()),
-                "bbox": _bbox(mask),
-                "iscrowd": iscrowd,
-            }
-        )
+        segments.append(_segment_info(int(segment_id), int(label), mask, iscrowd))
     return pan, segments
 
 
@@ -495,17 +505,7 @@ def _write_cityscapes(droot, cfg):
         os.makedirs(pan_dir)
         images, annotations = [], []
         for index in range(num):
-            image, ids, category_of, thing_sids, crowd = _sample(
-                things,
-                stuff,
-                cfg["seed"],
-                split,
-                index,
-                cfg["image_size"],
-                cfg["thing_colors"],
-                cfg["void_prob"],
-                cfg["crowd_prob"],
-            )
+            image, ids, category_of, thing_sids, crowd = _sample(things, stuff, cfg, split, index)
             cities = _CITYSCAPES_CITIES[split]
             city = cities[index % len(cities)]
             stem = f"{city}_{index // len(cities):06d}_000019"
@@ -618,15 +618,7 @@ def _ade20k_panoptic(semantic, instance, json_cats, instance_to_category, rng):
         if cid < 0 or by_id[cid]["isthing"]:
             continue
         mask = sem_cat == cid
-        segments.append(
-            {
-                "id": new_id(cid),
-                "category_id": cid,
-                "area": int(mask.sum()),
-                "bbox": _bbox(mask),
-                "iscrowd": 0,
-            }
-        )
+        segments.append(_segment_info(new_id(cid), cid, mask))
         pan_ids[mask] = segments[-1]["id"]
     for k in np.unique(instance[..., 1]).tolist():
         if k == 0:
@@ -634,15 +626,7 @@ def _ade20k_panoptic(semantic, instance, json_cats, instance_to_category, rng):
         mask = instance[..., 1] == k
         (inst_cat,) = np.unique(instance[..., 0][mask]).tolist()
         cid = instance_to_category[inst_cat]
-        segments.append(
-            {
-                "id": new_id(cid),
-                "category_id": cid,
-                "area": int(mask.sum()),
-                "bbox": _bbox(mask),
-                "iscrowd": 0,
-            }
-        )
+        segments.append(_segment_info(new_id(cid), cid, mask))
         pan_ids[mask] = segments[-1]["id"]
     return id2rgb(pan_ids), segments
 
@@ -677,15 +661,7 @@ def _write_ade20k(droot, cfg):
         ann_id = 1
         for index in range(num):
             image, ids, category_of, thing_sids, _ = _sample(
-                things,
-                stuff,
-                cfg["seed"],
-                split,
-                index,
-                cfg["image_size"],
-                cfg["thing_colors"],
-                cfg["void_prob"],
-                0.0,
+                things, stuff, cfg, split, index, crowd_prob=0.0
             )
             stem = f"ADE_{split}_{index + 1:08d}"
             h, w = ids.shape
@@ -775,17 +751,7 @@ def _write_custom(droot, cfg):
         os.makedirs(paths["panoptic_root"])
         images, pan_anns, inst_anns = [], [], []
         for index in range(num):
-            image, ids, category_of, _, crowd = _sample(
-                things,
-                stuff,
-                cfg["seed"],
-                split,
-                index,
-                cfg["image_size"],
-                cfg["thing_colors"],
-                cfg["void_prob"],
-                cfg["crowd_prob"],
-            )
+            image, ids, category_of, _, crowd = _sample(things, stuff, cfg, split, index)
             image_id = (100 if split == "train" else 5000) + 3 * index
             stem = f"scene_{image_id:05d}"
             segments = segments_from_ids(ids, category_of, {s: 1 for s in crowd})
@@ -798,17 +764,7 @@ def _write_custom(droot, cfg):
             pan_anns.append(
                 {"image_id": image_id, "file_name": stem + ".png", "segments_info": segments}
             )
-            for seg in segments:
-                if isthing[seg["category_id"]]:
-                    inst_anns.append(
-                        _instance_annotation(
-                            ids == seg["id"],
-                            len(inst_anns) + 1,
-                            image_id,
-                            seg["category_id"],
-                            seg["iscrowd"],
-                        )
-                    )
+            inst_anns += _thing_annotations(ids, segments, isthing, image_id, len(inst_anns) + 1)
         _save_json(
             {"images": images, "annotations": pan_anns, "categories": cats}, paths["panoptic_json"]
         )
@@ -828,20 +784,7 @@ def custom_panoptic_metadata():
     """Metadata a user writes for the custom set (:data:`CUSTOM_CATEGORIES`), in detectron2's
     convention for COCO panoptic: contiguous ids in category order for things and stuff alike,
     both class lists naming all categories."""
-    names = [c["name"] for c in CUSTOM_CATEGORIES]
-    colors = [list(c["color"]) for c in CUSTOM_CATEGORIES]
-    return {
-        "thing_classes": names,
-        "thing_colors": colors,
-        "stuff_classes": list(names),
-        "stuff_colors": [list(c) for c in colors],
-        "thing_dataset_id_to_contiguous_id": {
-            c["id"]: i for i, c in enumerate(CUSTOM_CATEGORIES) if c["isthing"]
-        },
-        "stuff_dataset_id_to_contiguous_id": {
-            c["id"]: i for i, c in enumerate(CUSTOM_CATEGORIES) if not c["isthing"]
-        },
-    }
+    return panoptic_metadata(CUSTOM_CATEGORIES, things_in_stuff_map=False)
 
 
 def register_custom_panoptic(name, root):
@@ -861,7 +804,6 @@ def register_custom_panoptic(name, root):
         tuple (``<name>_train``, ``<name>_val``). A name already registered with the same
         panoptic JSON is kept; registered with another one, it is replaced.
     """
-    from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.datasets import register_coco_panoptic
 
     root = os.fspath(root)
@@ -869,11 +811,8 @@ def register_custom_panoptic(name, root):
     for split in _SPLITS:
         split_name, p = f"{name}_{split}", _custom_paths(root, split)
         names.append(split_name)
-        if split_name in DatasetCatalog.list():
-            if MetadataCatalog.get(split_name).get("panoptic_json") == p["panoptic_json"]:
-                continue
-            DatasetCatalog.remove(split_name)
-            MetadataCatalog.remove(split_name)
+        if keep_registration(split_name, p["panoptic_json"]):
+            continue
         register_coco_panoptic(
             split_name,
             custom_panoptic_metadata(),
@@ -905,15 +844,7 @@ _OWNED = {
 def _check_args(layout, num_train, num_val, image_size, thing_colors, void_prob, crowd_prob):
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    for name, value in (("num_train", num_train), ("num_val", num_val)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    try:
-        lo, hi = (int(v) for v in image_size)
-    except (TypeError, ValueError):
-        raise ValueError(f"image_size must be a pair (min, max) of ints, got {image_size!r}")
-    if lo < 32 or lo > hi or hi > 2048:
-        raise ValueError(f"image_size must satisfy 32 <= min <= max <= 2048, got {image_size!r}")
+    lo, hi = check_split_sizes(num_train, num_val, image_size)
     check_thing_colors(thing_colors)
     for name, value in (("void_prob", void_prob), ("crowd_prob", crowd_prob)):
         if not 0 <= value <= 1:

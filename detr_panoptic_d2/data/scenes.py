@@ -2,7 +2,8 @@
 
 One function, :func:`draw_scene`, draws an image, its per-pixel segment map and the segments'
 annotations. The toy data set (:mod:`.toy_dataset`) and the synthetic copies of real data set
-layouts (:mod:`.layouts`) both draw their images with it.
+layouts (:mod:`.layouts`) both draw their images with it; the argument checks, metadata and
+registration helpers the two share are here too.
 
 Things are shapes of 22-55 % of the short image side, 0-4 per image, drawn in order so that
 later ones occlude earlier ones; a thing with fewer than 150 visible pixels gives way to the stuff
@@ -21,8 +22,11 @@ __all__ = [
     "THING_SHAPES",
     "THING_COLOR_MODES",
     "Scene",
+    "check_split_sizes",
     "check_thing_colors",
     "draw_scene",
+    "keep_registration",
+    "panoptic_metadata",
     "segments_from_ids",
     "shape_mask",
 ]
@@ -233,17 +237,63 @@ def draw_scene(
     img += rng.normal(0, 5, size=img.shape)
     rgb = np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
-    segments = []
-    for sid in present:
-        ys, xs = np.nonzero(ids == sid)
-        x0, y0 = int(xs.min()), int(ys.min())
-        segments.append(
-            {
-                "id": sid,
-                "category_id": category_of[sid],
-                "iscrowd": 0,
-                "area": int(len(xs)),
-                "bbox": [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1],
-            }
+    return Scene(rgb, ids, segments_from_ids(ids, category_of))
+
+
+# ------------------------------------------------ shared by .toy_dataset and .layouts
+
+
+def check_split_sizes(num_train, num_val, image_size):
+    """Check the image counts per split (integers >= 1) and the ``image_size`` (min, max) of a
+    synthetic set; return (min, max) as ints. A bad value is a ValueError naming its argument."""
+    for name, value in (("num_train", num_train), ("num_val", num_val)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    try:
+        lo, hi = (int(v) for v in image_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"image_size must be a pair (min, max) of ints, got {image_size!r}")
+    if lo < 32 or lo > hi or hi > 2048:
+        raise ValueError(
+            f"image_size must satisfy 32 <= min <= max <= 2048, got image_size={image_size!r}"
         )
-    return Scene(rgb, ids, segments)
+    return lo, hi
+
+
+def panoptic_metadata(categories, things_in_stuff_map):
+    """Metadata of a synthetic set, in the convention of detectron2's builtin COCO panoptic set.
+
+    Contiguous ids are shared by things and stuff in category order; ``thing_classes`` and
+    ``stuff_classes`` both list all categories; ``thing_dataset_id_to_contiguous_id`` maps the
+    things and ``stuff_dataset_id_to_contiguous_id`` the stuff, and the things too if
+    ``things_in_stuff_map``.
+    """
+    names = [c["name"] for c in categories]
+    colors = [list(c["color"]) for c in categories]
+    return {
+        "thing_classes": names,
+        "thing_colors": colors,
+        "stuff_classes": list(names),
+        "stuff_colors": [list(c) for c in colors],
+        "thing_dataset_id_to_contiguous_id": {
+            c["id"]: i for i, c in enumerate(categories) if c["isthing"]
+        },
+        "stuff_dataset_id_to_contiguous_id": {
+            c["id"]: i for i, c in enumerate(categories) if things_in_stuff_map or not c["isthing"]
+        },
+    }
+
+
+def keep_registration(name, panoptic_json):
+    """True if ``name`` is registered with ``panoptic_json`` already. A registration of ``name``
+    with another panoptic JSON is removed (and False returned), so that the caller registers the
+    name anew rather than silently use the other files."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    if name not in DatasetCatalog.list():
+        return False
+    if MetadataCatalog.get(name).get("panoptic_json") == panoptic_json:
+        return True
+    DatasetCatalog.remove(name)
+    MetadataCatalog.remove(name)
+    return False

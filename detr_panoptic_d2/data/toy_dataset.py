@@ -30,7 +30,13 @@ import tempfile
 import numpy as np
 from PIL import Image
 
-from .scenes import check_thing_colors, draw_scene
+from .scenes import (
+    check_split_sizes,
+    check_thing_colors,
+    draw_scene,
+    keep_registration,
+    panoptic_metadata,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -59,21 +65,6 @@ _STUFF = [c for c in TOY_CATEGORIES if not c["isthing"]]  # listed top-to-bottom
 # Probability of drawing 0, 1, ..., 4 thing instances in an image (up to 6 before version 3:
 # crowded images are the hardest for a DETR trained for minutes on a CPU).
 _NUM_THINGS_P = np.array([0.08, 0.25, 0.27, 0.22, 0.18])
-
-
-def _check_args(num_train, num_val, image_size):
-    for name, value in (("num_train", num_train), ("num_val", num_val)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    try:
-        lo, hi = (int(v) for v in image_size)
-    except (TypeError, ValueError):
-        raise ValueError(f"image_size must be a pair (min, max) of ints, got {image_size!r}")
-    if lo < 32 or lo > hi or hi > 2048:
-        raise ValueError(
-            f"image_size must satisfy 32 <= min <= max <= 2048, got image_size={image_size!r}"
-        )
-    return lo, hi
 
 
 def _check_writable(root):
@@ -162,7 +153,7 @@ def generate_toy_panoptic(
         dict with "root", "generated" (bool), and per split ("train", "val") a dict with
         "image_root", "panoptic_root" and "panoptic_json".
     """
-    lo, hi = _check_args(num_train, num_val, image_size)
+    lo, hi = check_split_sizes(num_train, num_val, image_size)
     check_thing_colors(thing_colors)
     root = os.fspath(root)
     _check_writable(root)
@@ -212,18 +203,7 @@ def toy_dataset_metadata():
     ``stuff_classes`` both list all categories; ``thing_dataset_id_to_contiguous_id`` maps the
     things and ``stuff_dataset_id_to_contiguous_id`` maps all categories.
     """
-    names = [c["name"] for c in TOY_CATEGORIES]
-    colors = [list(c["color"]) for c in TOY_CATEGORIES]
-    return {
-        "thing_classes": names,
-        "thing_colors": colors,
-        "stuff_classes": list(names),
-        "stuff_colors": [list(c) for c in colors],
-        "thing_dataset_id_to_contiguous_id": {
-            c["id"]: i for i, c in enumerate(TOY_CATEGORIES) if c["isthing"]
-        },
-        "stuff_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(TOY_CATEGORIES)},
-    }
+    return panoptic_metadata(TOY_CATEGORIES, things_in_stuff_map=True)
 
 
 def register_toy_panoptic(root, names=("toy_panoptic_train", "toy_panoptic_val")):
@@ -233,7 +213,6 @@ def register_toy_panoptic(root, names=("toy_panoptic_train", "toy_panoptic_val")
     Names already registered are skipped. Files are read lazily, when the data set is loaded,
     so :func:`generate_toy_panoptic` must have run by then. Returns the names.
     """
-    from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.datasets import register_coco_panoptic
 
     root = os.fspath(root)
@@ -241,12 +220,8 @@ def register_toy_panoptic(root, names=("toy_panoptic_train", "toy_panoptic_val")
         raise ValueError(f"names must give one name per split {_SPLITS}, got {names!r}")
     for name, split in zip(names, _SPLITS):
         p = _split_paths(root, split)
-        if name in DatasetCatalog.list():
-            if MetadataCatalog.get(name).get("panoptic_json") == p["panoptic_json"]:
-                continue
-            # registered for another root: replace it rather than silently use the other files
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
+        if keep_registration(name, p["panoptic_json"]):
+            continue
         if not os.path.isfile(p["panoptic_json"]):
             logger.warning(
                 "%s does not exist yet; run generate_toy_panoptic(%r)", p["panoptic_json"], root

@@ -1,10 +1,12 @@
-"""Evaluators for every panoptic registration: PQ (panopticapi), box/mask AP over the thing classes, mIoU.
+"""Evaluators for every panoptic registration: PQ (panopticapi), box/mask AP over the thing classes,
+mIoU.
 
-Detectron2's ``COCOEvaluator`` assumes the model's contiguous classes are the instance JSON's categories
-(0..N-1, named by ``thing_classes``). A panoptic model's contiguous classes span things and stuff (COCO: 133,
-things scattered among them in ADE20K), so :class:`DetrInstanceEvaluator` maps only the thing classes back to
-data set ids, names the per-category tables after the JSON's own categories, and, for sets registered without an
-instances JSON (Cityscapes panoptic, the toy set, most custom sets), writes one from the panoptic ground truth.
+Detectron2's ``COCOEvaluator`` assumes the model's contiguous classes are the instance JSON's
+categories (0..N-1, named by ``thing_classes``). A panoptic model's contiguous classes span things
+and stuff (COCO: 133, things scattered among them in ADE20K), so :class:`DetrInstanceEvaluator` maps
+only the thing classes back to data set ids, names the per-category tables after the JSON's own
+categories, and, for sets registered without an instances JSON (Cityscapes panoptic, the toy set,
+most custom sets), writes one from the panoptic ground truth.
 """
 
 import json
@@ -31,8 +33,9 @@ logger = logging.getLogger(__name__)
 
 
 def instances_json_from_panoptic(dataset_name, output_file):
-    """Write a COCO instances JSON of the thing segments of a panoptic data set (RLE masks, boxes and areas
-    from its PNGs, crowd flags kept; categories: the thing classes with their data set ids). Returns the path."""
+    """Write a COCO instances JSON of the thing segments of a panoptic data set (RLE masks, boxes
+    and areas from its PNGs, crowd flags kept; categories: the thing classes with their data set
+    ids). Returns the path."""
     meta = MetadataCatalog.get(dataset_name)
     to_dataset_id = {c: d for d, c in meta.thing_dataset_id_to_contiguous_id.items()}
     names = meta.get("thing_classes", [])
@@ -79,8 +82,8 @@ def instances_json_from_panoptic(dataset_name, output_file):
 
 
 class _DatasetIdMetadata:
-    """What ``COCOEvaluator._eval_predictions`` reads of the metadata once predictions carry data set ids:
-    no id mapping, and the class names in the order of the JSON's categories."""
+    """What ``COCOEvaluator._eval_predictions`` reads of the metadata once predictions carry data
+    set ids: no id mapping, and the class names in the order of the JSON's categories."""
 
     def __init__(self, class_names):
         self.class_names = class_names
@@ -90,9 +93,10 @@ class _DatasetIdMetadata:
 
 
 class DetrInstanceEvaluator(COCOEvaluator):
-    """COCO box/mask AP of the thing classes of a panoptic model (any contiguous thing ids, COCO's, ADE20K's,
-    Cityscapes', a custom set's). Predictions of other classes are dropped; without ``json_file`` in the
-    metadata, the ground truth is written from the panoptic annotations into ``output_dir``."""
+    """COCO box/mask AP of the thing classes of a panoptic model (any contiguous thing ids, COCO's,
+    ADE20K's, Cityscapes', a custom set's). Predictions of other classes are dropped; without
+    ``json_file`` in the metadata, the ground truth is written from the panoptic annotations into
+    ``output_dir``."""
 
     def __init__(self, dataset_name, tasks, output_dir, **kwargs):
         meta = MetadataCatalog.get(dataset_name)
@@ -131,9 +135,10 @@ class DetrInstanceEvaluator(COCOEvaluator):
 
 
 class DetrSemSegEvaluator(SemSegEvaluator):
-    """``SemSegEvaluator`` whose predictions of thing classes map back to data set ids too: Detectron2's maps
-    through ``stuff_dataset_id_to_contiguous_id`` only, which lists every class in COCO's and ADE20K's
-    registrations but only the stuff classes in Cityscapes' (a thing label then fails an assertion)."""
+    """``SemSegEvaluator`` whose predictions of thing classes map back to data set ids too:
+    Detectron2's maps through ``stuff_dataset_id_to_contiguous_id`` only, which lists every class in
+    COCO's and ADE20K's registrations but only the stuff classes in Cityscapes' (a thing label then
+    fails an assertion)."""
 
     def __init__(self, dataset_name, **kwargs):
         super().__init__(dataset_name, **kwargs)
@@ -149,16 +154,17 @@ class DetrSemSegEvaluator(SemSegEvaluator):
 def build_detr_evaluator(cfg, dataset_name, output_folder):
     """The evaluators a data set's registration supports, for what the config's model outputs:
 
-    * PQ/SQ/RQ (``COCOPanopticEvaluator``) for any set with ``panoptic_json`` (COCO, Cityscapes, ADE20K and
-      custom panoptic registrations), with a mask head;
-    * box AP (and mask AP with a mask head) over the thing classes (:class:`DetrInstanceEvaluator`) for sets
-      with an instances JSON or panoptic annotations; Pascal VOC's own AP for "pascal_voc";
+    * PQ/SQ/RQ (``COCOPanopticEvaluator``) for any set with ``panoptic_json`` (COCO, Cityscapes,
+      ADE20K and custom panoptic registrations), with a mask head;
+    * box AP (and mask AP with a mask head) over the thing classes (:class:`DetrInstanceEvaluator`)
+      for sets with an instances JSON or panoptic annotations; Pascal VOC's own AP for "pascal_voc";
     * mIoU (``SemSegEvaluator``) for sets with semantic ground truth (``sem_seg_file_name``), with
       ``MODEL.DETR.TEST.SEMANTIC_ON`` and as many classes as ``stuff_classes``.
 
-    Evaluator types Detectron2 registers but whose official tools are not installed here (Cityscapes' and
-    LVIS' own scripts) are served by the same COCO-style evaluators. Raises NotImplementedError (which
-    ``DefaultTrainer.test`` reports as a warning) only when nothing applies.
+    Evaluator types Detectron2 registers but whose official tools are not installed here
+    (Cityscapes' and LVIS' own scripts) are served by the same COCO-style evaluators. Raises
+    NotImplementedError (which ``DefaultTrainer.test`` reports as a warning) only when nothing
+    applies.
     """
     meta = MetadataCatalog.get(dataset_name)
     test = cfg.MODEL.DETR.TEST
@@ -181,15 +187,17 @@ def build_detr_evaluator(cfg, dataset_name, output_folder):
             )
         else:
             logger.warning(
-                f"MODEL.DETR.TEST.SEMANTIC_ON: no mIoU for {dataset_name}: it registers no semantic ground "
-                f"truth (sem_seg_file_name) for MODEL.DETR.NUM_CLASSES={cfg.MODEL.DETR.NUM_CLASSES} classes "
-                f"(stuff_classes: {num_stuff})"
+                f"MODEL.DETR.TEST.SEMANTIC_ON: no mIoU for {dataset_name}: it registers no "
+                "semantic ground truth (sem_seg_file_name) for "
+                f"MODEL.DETR.NUM_CLASSES={cfg.MODEL.DETR.NUM_CLASSES} classes (stuff_classes: "
+                f"{num_stuff})"
             )
     if not evaluators:
         raise NotImplementedError(
-            f"no evaluator for data set {dataset_name!r} (evaluator_type={meta.get('evaluator_type')!r}, "
-            f"MODEL.MASK_HEAD.NAME={cfg.MODEL.MASK_HEAD.NAME!r}): panoptic evaluation needs a mask head and "
-            "panoptic_json in the metadata; box evaluation needs an instances JSON (json_file) or panoptic "
-            "annotations"
+            f"no evaluator for data set {dataset_name!r} "
+            f"(evaluator_type={meta.get('evaluator_type')!r}, "
+            f"MODEL.MASK_HEAD.NAME={cfg.MODEL.MASK_HEAD.NAME!r}): panoptic evaluation needs a mask "
+            "head and panoptic_json in the metadata; box evaluation needs an instances JSON "
+            "(json_file) or panoptic annotations"
         )
     return DatasetEvaluators(evaluators)

@@ -4,8 +4,9 @@ import torch
 
 
 def _clip_full_model(optimizer_cls, max_norm, norm_type):
-    """Subclass of ``optimizer_cls`` whose step() first clips the global gradient norm over all its params
-    (DETR's ``clip_grad_norm_(model.parameters(), 0.1)``), rather than per parameter as Detectron2 does."""
+    """Subclass of ``optimizer_cls`` whose step() first clips the global gradient norm over all its
+    params (DETR's ``clip_grad_norm_(model.parameters(), 0.1)``), rather than per parameter as
+    Detectron2 does."""
 
     class FullModelGradientClippingOptimizer(optimizer_cls):
         def step(self, closure=None):
@@ -17,7 +18,8 @@ def _clip_full_model(optimizer_cls, max_norm, norm_type):
 
 
 def build_detr_optimizer(cfg, model):
-    """AdamW (or SGD) over the trainable parameters; backbone parameters at BASE_LR * BACKBONE_MULTIPLIER."""
+    """AdamW (or SGD) over the trainable parameters; backbone parameters at
+    BASE_LR * BACKBONE_MULTIPLIER."""
     backbone, rest = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -41,8 +43,8 @@ def build_detr_optimizer(cfg, model):
     if clip.ENABLED:
         if clip.CLIP_TYPE != "full_model":
             raise ValueError(
-                f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE={clip.CLIP_TYPE!r}: DETR clips the norm of the whole model's "
-                "gradient; use 'full_model'"
+                f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE={clip.CLIP_TYPE!r}: DETR clips the norm of the "
+                "whole model's gradient; use 'full_model'"
             )
         optimizer_cls = _clip_full_model(optimizer_cls, clip.CLIP_VALUE, clip.NORM_TYPE)
     return optimizer_cls(groups, lr=lr, **kwargs)

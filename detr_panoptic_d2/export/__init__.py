@@ -3,6 +3,7 @@
 ``deploy.json``. The runtime side (test resize, panoptic merge, outputs) is
 ``detr_panoptic_runtime``."""
 
+from . import exporter as _exporter
 from .exporter import (
     ONNX_OPSET,
     deploy_metadata,
@@ -14,15 +15,5 @@ from .exporter import (
 )
 from .wrapper import MASK_QUERY_MODES, OUTPUT_NAMES, PanopticExportWrapper
 
-__all__ = [
-    "MASK_QUERY_MODES",
-    "ONNX_OPSET",
-    "OUTPUT_NAMES",
-    "PanopticExportWrapper",
-    "deploy_metadata",
-    "export_model",
-    "export_onnx",
-    "export_torchscript",
-    "sample_input",
-    "trace_wrapper",
-]
+# The exporter's names and the wrapper's.
+__all__ = sorted(_exporter.__all__ + ["MASK_QUERY_MODES", "OUTPUT_NAMES", "PanopticExportWrapper"])

@@ -9,8 +9,9 @@ from torch import nn
 class PositionEmbeddingSine(nn.Module):
     """Normalized 2-D sine/cosine encoding ("Attention is all you need", generalized to images).
 
-    Coordinates are the cumulative count of valid (non-padding) pixels along each axis, normalized by the
-    last valid value and scaled to [0, 2*pi]. Output: (B, 2 * num_pos_feats, H, W), y-features first.
+    Coordinates are the cumulative count of valid (non-padding) pixels along each axis, normalized
+    by the last valid value and scaled to [0, 2*pi]. Output: (B, 2 * num_pos_feats, H, W),
+    y-features first.
     """
 
     def __init__(self, num_pos_feats=128, temperature=10000, normalize=True, scale=None):

@@ -2,8 +2,11 @@
 the default, and MaskFormer's score-weighted merge; one implementation for torch and numpy, in
 ``detr_panoptic_runtime.postprocess``, shared with the exported models' runtime) and instances."""
 
+import logging
+
 import torch
 import torch.nn.functional as F
+from detectron2.data import MetadataCatalog
 from detectron2.modeling import detector_postprocess
 from detectron2.structures import Boxes, Instances
 from torch import nn
@@ -20,11 +23,39 @@ from detr_panoptic_runtime.postprocess import (  # noqa: F401  (one implementati
 
 from .box_ops import cxcywh_to_xyxy
 
+logger = logging.getLogger(__name__)
+
+
+def thing_classes_from_metadata(dataset_names, num_classes):
+    """(K,) bool: which contiguous classes are things, from the first data set in ``dataset_names``
+    whose metadata has ``thing_dataset_id_to_contiguous_id``; all True (with a warning) when none
+    has it."""
+    for name in dataset_names:
+        meta = MetadataCatalog.get(name)
+        if not hasattr(meta, "thing_dataset_id_to_contiguous_id"):
+            continue
+        things = set(meta.thing_dataset_id_to_contiguous_id.values())
+        all_ids = things | set(getattr(meta, "stuff_dataset_id_to_contiguous_id", {}).values())
+        if all_ids and max(all_ids) >= num_classes:
+            raise ValueError(
+                f"MODEL.DETR.NUM_CLASSES={num_classes} but data set {name!r} has contiguous class "
+                f"ids up to {max(all_ids)}: set MODEL.DETR.NUM_CLASSES to at least "
+                f"{max(all_ids) + 1}"
+            )
+        is_thing = torch.zeros(num_classes, dtype=torch.bool)
+        is_thing[list(things)] = True
+        return is_thing
+    logger.warning(
+        f"No thing/stuff metadata for data sets {tuple(dataset_names)}: every class is treated as "
+        "a thing. Register the data set before building the model, or set DATASETS.TEST."
+    )
+    return torch.ones(num_classes, dtype=torch.bool)
+
 
 def detr_instances(boxes, scores, classes, mask_logits, image_size, out_size):
-    """Boxes (Q, 4) normalized cxcywh and optional mask logits (Q, H_img, W_img) at the processed image size →
-    Detectron2 ``Instances`` at ``out_size`` (boxes rescaled and clipped, empty boxes dropped, masks binarized
-    at the image size and nearest-resized, as DETR)."""
+    """Boxes (Q, 4) normalized cxcywh and optional mask logits (Q, H_img, W_img) at the processed
+    image size → Detectron2 ``Instances`` at ``out_size`` (boxes rescaled and clipped, empty boxes
+    dropped, masks binarized at the image size and nearest-resized, as DETR)."""
     h, w = image_size
     inst = Instances(image_size)
     inst.pred_boxes = Boxes(cxcywh_to_xyxy(boxes) * boxes.new_tensor([w, h, w, h]))
@@ -44,11 +75,11 @@ def detr_instances(boxes, scores, classes, mask_logits, image_size, out_size):
 
 
 def semantic_inference(logits, mask_logits, padded_size, image_size, out_size, chunk=16):
-    """MaskFormer's semantic inference: (K, H_out, W_out) = sum over queries of the class probabilities
-    (no-object dropped) times the mask probabilities, the masks bilinearly upsampled to the padded canvas,
-    cropped to the image and resized to the output size before the sigmoid. logits: (N, K+1), mask_logits:
-    (N, H_pad/4, W_pad/4) of every query. Queries are taken ``chunk`` at a time, so memory stays at the
-    output map plus ``chunk`` upsampled masks."""
+    """MaskFormer's semantic inference: (K, H_out, W_out) = sum over queries of the class
+    probabilities (no-object dropped) times the mask probabilities, the masks bilinearly upsampled
+    to the padded canvas, cropped to the image and resized to the output size before the sigmoid.
+    logits: (N, K+1), mask_logits: (N, H_pad/4, W_pad/4) of every query. Queries are taken ``chunk``
+    at a time, so memory stays at the output map plus ``chunk`` upsampled masks."""
     probs = logits.softmax(-1)[:, :-1].float()  # (N, K)
     sem = probs.new_zeros((probs.shape[1], *out_size))
     for i in range(0, mask_logits.shape[0], chunk):
@@ -62,15 +93,16 @@ def semantic_inference(logits, mask_logits, padded_size, image_size, out_size, c
 
 
 class PanopticPostProcessor(nn.Module):
-    """DETR's per-query outputs of one image → Detectron2 results: "panoptic_seg", "instances", "sem_seg".
+    """DETR's per-query outputs of one image → Detectron2 results: "panoptic_seg", "instances",
+    "sem_seg".
 
-    Queries are kept for the panoptic output when their argmax is not no-object and their score is above
-    ``object_mask_threshold``. Instances are the queries whose best real class is a thing (with masks when
-    there is a mask head); when every class is a thing (no thing/stuff split known), every query, as DETR.
-    ``sem_seg`` (``semantic_on``, mask head needed) is MaskFormer's semantic inference over all queries.
-    ``queries_needing_masks`` tells which queries' masks the outputs read (only the kept and instance queries
-    when ``masks_for_kept_only`` and no semantic output), and ``__call__`` takes the mask logits of exactly
-    those, in query order.
+    Queries are kept for the panoptic output when their argmax is not no-object and their score is
+    above ``object_mask_threshold``. Instances are the queries whose best real class is a thing
+    (with masks when there is a mask head); when every class is a thing (no thing/stuff split
+    known), every query, as DETR. ``sem_seg`` (``semantic_on``, mask head needed) is MaskFormer's
+    semantic inference over all queries. ``queries_needing_masks`` tells which queries' masks the
+    outputs read (only the kept and instance queries when ``masks_for_kept_only`` and no semantic
+    output), and ``__call__`` takes the mask logits of exactly those, in query order.
     """
 
     def __init__(
@@ -137,10 +169,11 @@ class PanopticPostProcessor(nn.Module):
         return (keep & self.panoptic_on) | (inst_sel & self.instance_on)
 
     def forward(self, logits, boxes, mask_logits, padded_size, image_size, out_size):
-        """logits (N, K+1), boxes (N, 4) of one image; mask_logits (Q, H_pad/4, W_pad/4) of the queries
-        ``queries_needing_masks(logits)`` selects, in query order (None without a mask head); padded_size: the
-        batch's padded (H_pad, W_pad); image_size: this image's (H, W) in it; out_size: the requested output
-        size. Returns a dict with "panoptic_seg", "instances" and "sem_seg" as configured."""
+        """logits (N, K+1), boxes (N, 4) of one image; mask_logits (Q, H_pad/4, W_pad/4) of the
+        queries ``queries_needing_masks(logits)`` selects, in query order (None without a mask
+        head); padded_size: the batch's padded (H_pad, W_pad); image_size: this image's (H, W) in
+        it; out_size: the requested output size. Returns a dict with "panoptic_seg", "instances" and
+        "sem_seg" as configured."""
         keep, scores, labels, inst_sel, inst_scores, inst_labels = self._selections(logits)
         masks = None
         if mask_logits is not None:

@@ -1,8 +1,8 @@
 """Original DETR checkpoint → plugin checkpoint (no network, no reference code).
 
-The synthetic original checkpoints are derived from the plugin's own R-50 models by an inverse mapping written
-here independently of the converter (plugin names → DETR names, contiguous rows → COCO-id rows), so a round
-trip must give back the exact weights.
+The synthetic original checkpoints are derived from the plugin's own R-50 models by an inverse
+mapping written here independently of the converter (plugin names → DETR names, contiguous rows →
+COCO-id rows), so a round trip must give back the exact weights.
 """
 
 import importlib.util
@@ -110,7 +110,8 @@ def test_panoptic_round_trip(panoptic, empty_panoptic_model, tmp_path):
     for k, v in ckpt["model"].items():
         assert torch.equal(v, ref[k]), k
 
-    # the file: Detectron2 format, loads through DetectionCheckpointer with nothing missing or unexpected
+    # the file: Detectron2 format, loads through DetectionCheckpointer with nothing missing or
+    # unexpected
     saved = torch.load(out_path, map_location="cpu", weights_only=True)
     assert saved["matching_heuristics"] is False and "__author__" in saved
     target = empty_panoptic_model

@@ -1,5 +1,6 @@
-"""Loading checkpoints: the earlier key layout (DETR body at the top of the model) still loads everywhere, and
-DetrCheckpointer fine-tunes onto other classes (class head re-initialized) but rejects any other mismatch."""
+"""Loading checkpoints: the earlier key layout (DETR body at the top of the model) still loads
+everywhere, and DetrCheckpointer fine-tunes onto other classes (class head re-initialized) but
+rejects any other mismatch."""
 
 import logging
 

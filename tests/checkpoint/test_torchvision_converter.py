@@ -1,4 +1,5 @@
-"""torchvision ResNet state dict → Detectron2 backbone checkpoint (no network: weights=None models)."""
+"""torchvision ResNet state dict → Detectron2 backbone checkpoint (no network: weights=None
+models)."""
 
 import importlib.util
 import os
@@ -96,7 +97,8 @@ def test_errors():
 
 
 def test_checkpoint_loads_as_model_weights(tmp_path):
-    """The saved .pth is MODEL.WEIGHTS for a plugin model: DetectionCheckpointer puts it in the backbone."""
+    """The saved .pth is MODEL.WEIGHTS for a plugin model: DetectionCheckpointer puts it in the
+    backbone."""
     tv = _random_bn(torchvision.models.resnet18(weights=None), 1)
     src = str(tmp_path / "resnet18.pth")
     torch.save(tv.state_dict(), src)

@@ -1,4 +1,5 @@
-"""check_dataset: every problem of a registered panoptic set listed with its file, as the mapper reads it."""
+"""check_dataset: every problem of a registered panoptic set listed with its file, as the mapper
+reads it."""
 
 import json
 
@@ -52,7 +53,8 @@ def _broken_copy(tmp_path):
 
 def test_every_problem_listed_with_its_file(tmp_path):
     root, files = _broken_copy(tmp_path)
-    # the unknown category id keeps Detectron2's loader from loading the set at all: listed from the JSON
+    # the unknown category id keeps Detectron2's loader from loading the set at all: listed from the
+    # JSON
     name = register_custom_panoptic("checker_broken", root)[1]
     report = check_dataset(name, num_classes=9)
     text = "\n".join(report.problems)

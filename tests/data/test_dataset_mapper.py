@@ -13,7 +13,8 @@ from detr_panoptic_d2.config import add_detr_panoptic_config
 from detr_panoptic_d2.data.dataset_mapper import DetrPanopticDatasetMapper
 
 H, W = 48, 64
-# (segment id, category id, iscrowd, (y0, y1, x0, x1) half-open rectangle); large ids check survival.
+# (segment id, category id, iscrowd, (y0, y1, x0, x1) half-open rectangle); large ids check
+# survival.
 SEGMENTS = [
     (1000, 0, 0, (2, 20, 3, 30)),
     (2_000_000, 5, 0, (25, 46, 0, 64)),
@@ -24,7 +25,8 @@ COLORS = {1000: (255, 0, 0), 2_000_000: (0, 255, 0), 70_000: (0, 0, 255), 12_345
 
 
 def make_sample(tmp_path, segments=SEGMENTS, size=(H, W), name="img"):
-    """Write an image (each segment painted a flat colour) and its panoptic PNG; return the dataset dict."""
+    """Write an image (each segment painted a flat colour) and its panoptic PNG; return the dataset
+    dict."""
     h, w = size
     ids = np.zeros((h, w), dtype=np.int64)
     image = np.full((h, w, 3), 128, dtype=np.uint8)
@@ -259,8 +261,8 @@ def _truncate(path, keep=0.5):
 @pytest.mark.parametrize("is_train", [True, False])
 @pytest.mark.parametrize("which", ["file_name", "pan_seg_file_name"])
 def test_truncated_or_corrupt_file_names_it(tmp_path, is_train, which):
-    """PIL's own message ("image file is truncated (85 bytes not processed)") names no file: the mapper's does,
-    in training and in evaluation (which reads only the image)."""
+    """PIL's own message ("image file is truncated (85 bytes not processed)") names no file: the
+    mapper's does, in training and in evaluation (which reads only the image)."""
     d = make_sample(tmp_path, size=(96, 128))
     jpeg = tmp_path / "img.jpg"
     Image.open(d["file_name"]).save(jpeg, quality=95)

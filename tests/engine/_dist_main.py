@@ -17,8 +17,9 @@ def _load_conftest():
 
 
 def train_main(out_dir, toy_root, max_iter):
-    """Build the tiny stage-1 trainer in this worker, train, and write ``rank_<r>.json`` (rank, world size,
-    last iteration reached, whether the model was wrapped in DDP, sum of the parameters) into ``out_dir``."""
+    """Build the tiny stage-1 trainer in this worker, train, and write ``rank_<r>.json`` (rank,
+    world size, last iteration reached, whether the model was wrapped in DDP, sum of the parameters)
+    into ``out_dir``."""
     from detectron2.utils import comm
 
     from detr_panoptic_d2.engine import DetrPanopticTrainer

@@ -1,5 +1,5 @@
-"""A user's copy of tools/train_net.py: their own COCO-panoptic-format data set registered first (root in
-$WAREHOUSE_ROOT), then the tool as it is."""
+"""A user's copy of tools/train_net.py: their own COCO-panoptic-format data set registered first
+(root in $WAREHOUSE_ROOT), then the tool as it is."""
 
 import os
 import runpy

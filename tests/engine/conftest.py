@@ -1,7 +1,7 @@
 """Shared helpers of the engine (and tools) tests: the toy configs made tiny and CPU-cheap.
 
-Fixtures: ``toy_root`` (one small generated toy set per session), ``clean_toy`` (that root, with the toy
-split names registered afresh for it) and ``tiny`` (a builder of tiny configs on that root).
+Fixtures: ``toy_root`` (one small generated toy set per session), ``clean_toy`` (that root, with the
+toy split names registered afresh for it) and ``tiny`` (a builder of tiny configs on that root).
 Outside pytest (spawned workers, tests/tools), load this file with :func:`load_engine_conftest`.
 """
 
@@ -92,8 +92,8 @@ def tiny_cfg(out_dir, stage=1, max_iter=2, extra=(), toy_root=None, freeze=True)
 
 
 def unregister_toy():
-    """Forget the toy split names: ``register_toy_panoptic`` skips names already registered, so a test
-    must not inherit a registration made for another DATASETS.TOY.ROOT."""
+    """Forget the toy split names: ``register_toy_panoptic`` skips names already registered, so a
+    test must not inherit a registration made for another DATASETS.TOY.ROOT."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     from detr_panoptic_d2.data.toy_dataset import TOY_DATASET_NAMES
@@ -118,7 +118,8 @@ def toy_root(tmp_path_factory):
 
 @pytest.fixture
 def clean_toy(toy_root):
-    """The shared toy root, with the toy names free to be registered for it (and forgotten afterwards)."""
+    """The shared toy root, with the toy names free to be registered for it (and forgotten
+    afterwards)."""
     unregister_toy()
     yield toy_root
     unregister_toy()
@@ -126,7 +127,8 @@ def clean_toy(toy_root):
 
 @pytest.fixture
 def tiny(clean_toy):
-    """``tiny(out_dir, stage=1, max_iter=2, extra=(), freeze=True)`` → a tiny config on the shared toy set."""
+    """``tiny(out_dir, stage=1, max_iter=2, extra=(), freeze=True)`` → a tiny config on the shared
+    toy set."""
 
     def build(out_dir, stage=1, max_iter=2, extra=(), freeze=True):
         return tiny_cfg(

@@ -1,6 +1,6 @@
-"""Evaluators: instance AP over the thing classes of a panoptic model (non-contiguous thing ids, stuff predictions
-dropped, per-category names from the JSON, ground truth written from the panoptic PNGs when no instances JSON is
-registered), and which evaluators each kind of registration gets."""
+"""Evaluators: instance AP over the thing classes of a panoptic model (non-contiguous thing ids,
+stuff predictions dropped, per-category names from the JSON, ground truth written from the panoptic
+PNGs when no instances JSON is registered), and which evaluators each kind of registration gets."""
 
 import json
 
@@ -33,8 +33,9 @@ def warehouse(tmp_path_factory):
 
 
 def _ground_truth_outputs(name, stuff_too=False):
-    """(inputs, outputs) as a perfect model would give them: every thing segment of the ground truth as an
-    instance, with its box, mask and contiguous class; plus, with stuff_too, each stuff segment as well."""
+    """(inputs, outputs) as a perfect model would give them: every thing segment of the ground truth
+    as an instance, with its box, mask and contiguous class; plus, with stuff_too, each stuff
+    segment as well."""
     is_thing = set(MetadataCatalog.get(name).thing_dataset_id_to_contiguous_id.values())
     pairs = []
     for record in DatasetCatalog.get(name):
@@ -86,7 +87,8 @@ def test_perfect_things_give_ap_100_with_noncontiguous_thing_ids(warehouse, tmp_
 
 
 def test_ground_truth_from_panoptic_when_no_instances_json(warehouse, tmp_path):
-    """A set registered without instances JSON (json_file None): the evaluator writes one from the PNGs."""
+    """A set registered without instances JSON (json_file None): the evaluator writes one from the
+    PNGs."""
     from detectron2.data.datasets import register_coco_panoptic
 
     meta = MetadataCatalog.get(warehouse)
@@ -94,8 +96,8 @@ def test_ground_truth_from_panoptic_when_no_instances_json(warehouse, tmp_path):
     if name not in DatasetCatalog.list():
         keys = ("thing_classes", "stuff_classes", "thing_dataset_id_to_contiguous_id",
                 "stuff_dataset_id_to_contiguous_id")  # fmt: skip
-        register_coco_panoptic(name, {k: meta.get(k) for k in keys}, meta.image_root, meta.panoptic_root,
-                               meta.panoptic_json)  # fmt: skip
+        register_coco_panoptic(name, {k: meta.get(k) for k in keys}, meta.image_root,
+                               meta.panoptic_root, meta.panoptic_json)  # fmt: skip
     assert MetadataCatalog.get(name).json_file is None
     results = _evaluate(DetrInstanceEvaluator(name, ("bbox", "segm"), str(tmp_path)),
                         _ground_truth_outputs(name))  # fmt: skip

@@ -97,7 +97,8 @@ def test_clipping_disabled_is_plain_optimizer():
 
 
 def _set_grads(model, scale):
-    """Deterministic gradients: each parameter's norm is below max_norm, their total is far above it."""
+    """Deterministic gradients: each parameter's norm is below max_norm, their total is far above
+    it."""
     g = torch.Generator().manual_seed(0)
     for p in model.parameters():
         if p.requires_grad:

@@ -1,8 +1,8 @@
-"""Users' journeys end to end, on generated data laid out exactly as the real sets lie on disk and registered the
-way Detectron2 (builtin COCO and Cityscapes), Mask2Former (ADE20K) and users (their own register_coco_panoptic)
-register them: stage 1 → stage 2 → --eval-only through tools/train_net.py, with the project's configs (only
-DATASETS.*, NUM_CLASSES and CPU-sized model/input overrides set), and fine-tuning an official checkpoint onto a
-9-class set."""
+"""Users' journeys end to end, on generated data laid out exactly as the real sets lie on disk and
+registered the way Detectron2 (builtin COCO and Cityscapes), Mask2Former (ADE20K) and users (their
+own register_coco_panoptic) register them: stage 1 → stage 2 → --eval-only through
+tools/train_net.py, with the project's configs (only DATASETS.*, NUM_CLASSES and CPU-sized
+model/input overrides set), and fine-tuning an official checkpoint onto a 9-class set."""
 
 import math
 import os
@@ -23,14 +23,17 @@ USER_SCRIPT = os.path.join(REPO, "tests", "engine", "_user_train_net.py")
 # CPU-sized model and inputs; no pretrained weights (nothing may be downloaded)
 SMALL = [
     "MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", "18",
-    "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.DETR.HIDDEN_DIM", "128", "MODEL.DETR.ENC_LAYERS", "1",
-    "MODEL.DETR.DEC_LAYERS", "2", "MODEL.DETR.DIM_FEEDFORWARD", "128", "MODEL.DETR.NUM_OBJECT_QUERIES", "12",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.DETR.HIDDEN_DIM", "128",
+    "MODEL.DETR.ENC_LAYERS", "1", "MODEL.DETR.DEC_LAYERS", "2",
+    "MODEL.DETR.DIM_FEEDFORWARD", "128", "MODEL.DETR.NUM_OBJECT_QUERIES", "12",
 ]  # fmt: skip
 CHEAP = [
     "SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "()", "SOLVER.IMS_PER_BATCH", "2",
-    "SOLVER.CHECKPOINT_PERIOD", "100000", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128",
+    "SOLVER.CHECKPOINT_PERIOD", "100000",
+    "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128",
     "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128", "DATALOADER.NUM_WORKERS", "0",
-    "MODEL.DETR.TEST.OBJECT_MASK_THRESHOLD", "0.0",  # an untrained model keeps its queries: real segments
+    # an untrained model keeps its queries: real segments
+    "MODEL.DETR.TEST.OBJECT_MASK_THRESHOLD", "0.0",
     "SEED", "1",
 ]  # fmt: skip
 PQ_KEYS = ["PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st"]
@@ -41,14 +44,16 @@ def run(args, d2_root, env=None, script=None):
     env = dict(os.environ, DETECTRON2_DATASETS=str(d2_root), OMP_NUM_THREADS="2", **(env or {}))
     proc = subprocess.run(
         [sys.executable, script or os.path.join(REPO, "tools", "train_net.py"), *map(str, args)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1200,
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        timeout=1200,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-6000:]
     return proc.stdout
 
 
 def copypaste(log):
-    """{task: {metric: value}} from Detectron2's "copypaste:" result lines (the last of each task)."""
+    """{task: {metric: value}} from Detectron2's "copypaste:" result lines (the last of each
+    task)."""
     results, lines = {}, re.findall(r"copypaste: (.*)", log)
     for i, line in enumerate(lines):
         if line.startswith("Task: "):
@@ -65,9 +70,9 @@ def check_metrics(results, tasks):
 
 
 def diverse_init(path, num_classes):
-    """A stage-1 starting checkpoint of the SMALL model whose queries predict various classes: an untrained
-    DETR gives every query the same class (its decoder outputs hardly differ yet), often a stuff class, which
-    would leave instance AP without a single prediction (NaN)."""
+    """A stage-1 starting checkpoint of the SMALL model whose queries predict various classes: an
+    untrained DETR gives every query the same class (its decoder outputs hardly differ yet), often a
+    stuff class, which would leave instance AP without a single prediction (NaN)."""
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
@@ -91,7 +96,8 @@ def diverse_init(path, num_classes):
 def journey(
     tmp_path, d2_root, train, test, num_classes, tasks1, tasks2, extra=(), script=None, env=None
 ):
-    """stage 1 (from diverse_init) → stage 2 → --eval-only with the COCO R-50 configs; returns the logs."""
+    """stage 1 (from diverse_init) → stage 2 → --eval-only with the COCO R-50 configs; returns the
+    logs."""
     init = diverse_init(tmp_path / "init.pth", num_classes)
     common = [
         "DATASETS.TRAIN", f"('{train}',)", "DATASETS.TEST", f"('{test}',)",
@@ -149,7 +155,8 @@ def test_builtin_cityscapes(tmp_path):
     journey(
         tmp_path, root, "cityscapes_fine_panoptic_train", "cityscapes_fine_panoptic_val", 19,
         tasks1={"bbox": AP_KEYS},
-        tasks2={"panoptic_seg": PQ_KEYS, "bbox": AP_KEYS, "segm": AP_KEYS, "sem_seg": ["mIoU", "pACC"]},
+        tasks2={"panoptic_seg": PQ_KEYS, "bbox": AP_KEYS, "segm": AP_KEYS,
+                "sem_seg": ["mIoU", "pACC"]},
         extra=["MODEL.DETR.TEST.SEMANTIC_ON", "True"],
     )  # fmt: skip
 
@@ -169,7 +176,8 @@ def test_coco_with_semantic_ground_truth(tmp_path):
     root = tmp_path / "d2"
     write_layout(root, "coco", num_train=6, num_val=3, image_size=(96, 128))
     journey(
-        tmp_path, root, "coco_2017_train_panoptic_with_sem_seg", "coco_2017_val_panoptic_with_sem_seg", 133,
+        tmp_path, root,
+        "coco_2017_train_panoptic_with_sem_seg", "coco_2017_val_panoptic_with_sem_seg", 133,
         tasks1={"bbox": AP_KEYS},
         tasks2={"panoptic_seg": PQ_KEYS, "bbox": AP_KEYS, "segm": AP_KEYS, "sem_seg": ["mIoU"]},
         extra=["MODEL.DETR.TEST.SEMANTIC_ON", "True"],
@@ -177,20 +185,22 @@ def test_coco_with_semantic_ground_truth(tmp_path):
 
 
 def test_custom_registration(tmp_path):
-    """A user's own set (9 classes, their own register_coco_panoptic in their copy of train_net.py)."""
+    """A user's own set (9 classes, their own register_coco_panoptic in their copy of
+    train_net.py)."""
     root = tmp_path / "warehouse"
     write_layout(root, "custom", num_train=6, num_val=3, image_size=(96, 128))
     journey(
         tmp_path, tmp_path / "unused", "warehouse_train", "warehouse_val", 9,
-        tasks1={"bbox": AP_KEYS}, tasks2={"panoptic_seg": PQ_KEYS, "bbox": AP_KEYS, "segm": AP_KEYS},
+        tasks1={"bbox": AP_KEYS},
+        tasks2={"panoptic_seg": PQ_KEYS, "bbox": AP_KEYS, "segm": AP_KEYS},
         script=USER_SCRIPT, env={"WAREHOUSE_ROOT": str(root)},
     )  # fmt: skip
 
 
 def test_fine_tune_official_checkpoint_on_new_classes(tmp_path):
-    """An official R-50 panoptic checkpoint (raw layout, random values) → stage 1 on a 9-class set (class head
-    re-initialized, all else loaded) → stage 2 with the detection part from that stage 1 and the mask head
-    from the official checkpoint (MODEL.MASK_HEAD.WEIGHTS) → --eval-only."""
+    """An official R-50 panoptic checkpoint (raw layout, random values) → stage 1 on a 9-class set
+    (class head re-initialized, all else loaded) → stage 2 with the detection part from that stage 1
+    and the mask head from the official checkpoint (MODEL.MASK_HEAD.WEIGHTS) → --eval-only."""
     from official_layout import write_official_checkpoint
 
     official = tmp_path / "detr-r50-panoptic.pth"
@@ -212,8 +222,10 @@ def test_fine_tune_official_checkpoint_on_new_classes(tmp_path):
     )
     check_metrics(copypaste(log1), {"bbox": AP_KEYS})
     log2 = run(
-        ["--config-file", os.path.join(COCO_CONFIGS, "detr_R_50_stage2.yaml"), *cheap, "MODEL.WEIGHTS", "",
-         "MODEL.DETR.FROZEN_WEIGHTS", tmp_path / "s1" / "model_final.pth", "MODEL.MASK_HEAD.WEIGHTS", official,
+        ["--config-file", os.path.join(COCO_CONFIGS, "detr_R_50_stage2.yaml"), *cheap,
+         "MODEL.WEIGHTS", "",
+         "MODEL.DETR.FROZEN_WEIGHTS", tmp_path / "s1" / "model_final.pth",
+         "MODEL.MASK_HEAD.WEIGHTS", official,
          "SOLVER.MAX_ITER", "1", "OUTPUT_DIR", tmp_path / "s2"],
         tmp_path, env, USER_SCRIPT,
     )  # fmt: skip
@@ -221,8 +233,8 @@ def test_fine_tune_official_checkpoint_on_new_classes(tmp_path):
         r"Loaded \d+ tensors of 'mask_head\.\*' from .*MODEL\.MASK_HEAD\.WEIGHTS", log2
     )
     check_metrics(copypaste(log2), {"panoptic_seg": PQ_KEYS, "bbox": AP_KEYS, "segm": AP_KEYS})
-    # stage 1 started from everything of the official checkpoint but the class head; stage 2's mask head
-    # from the official one
+    # stage 1 started from everything of the official checkpoint but the class head; stage 2's mask
+    # head from the official one
     expected = source.state_dict()
     s1 = torch.load(tmp_path / "s1" / "model_final.pth", map_location="cpu", weights_only=False)[
         "model"

@@ -1,5 +1,5 @@
-"""DetrPanopticTrainer: two-stage training and PQ evaluation, NaN losses, resume, evaluators, data errors,
-multi-process training."""
+"""DetrPanopticTrainer: two-stage training and PQ evaluation, NaN losses, resume, evaluators, data
+errors, multi-process training."""
 
 import json
 import os
@@ -24,7 +24,7 @@ def _train(cfg, resume=False):
     return trainer
 
 
-# ---- end to end ----------------------------------------------------------------------------------------
+# ---- end to end ----------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_two_stage_training_then_panoptic_evaluation(tiny, tmp_path):
     stage1 = tiny(tmp_path / "stage1", max_iter=3)
@@ -69,7 +69,7 @@ def test_two_stage_training_then_panoptic_evaluation(tiny, tmp_path):
     assert (tmp_path / "stage2" / "inference" / "toy_panoptic_val").is_dir()
 
 
-# ---- NaN loss ------------------------------------------------------------------------------------------
+# ---- NaN loss ------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_nan_loss_raises_and_keeps_earlier_checkpoint(tiny, tmp_path):
     nan_from = 2
@@ -100,7 +100,7 @@ def test_nan_loss_raises_and_keeps_earlier_checkpoint(tiny, tmp_path):
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
-# ---- resume --------------------------------------------------------------------------------------------
+# ---- resume --------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_resume_restores_iteration_optimizer_and_scheduler(tiny, tmp_path):
     cfg = tiny(
@@ -147,7 +147,7 @@ def test_resume_restores_iteration_optimizer_and_scheduler(tiny, tmp_path):
     assert (tmp_path / "model_final.pth").is_file()
 
 
-# ---- evaluators ----------------------------------------------------------------------------------------
+# ---- evaluators ----------------------------------------------------------------------------------
 def test_build_evaluator_panoptic_with_mask_head(tiny, tmp_path):
     cfg = tiny(tmp_path, stage=2)
     register_toy_panoptic(cfg.DATASETS.TOY.ROOT)
@@ -174,7 +174,7 @@ def test_build_evaluator_stage1_box_ap_and_nothing_to_evaluate(tiny, tmp_path):
     assert DetrPanopticTrainer.test(cfg, DetrPanopticTrainer.build_model(cfg)) == {}
 
 
-# ---- data set errors -----------------------------------------------------------------------------------
+# ---- data set errors -----------------------------------------------------------------------------
 @pytest.fixture
 def broken_copy(toy_root, tmp_path):
     """``make(kind)`` → name of a data set registered on a broken copy of the toy val JSON."""
@@ -248,7 +248,7 @@ def test_load_dataset_dicts_unreadable_json(broken_copy, kind):
         assert isinstance(e.value, ValueError) and "corrupt annotation JSON" in msg
 
 
-# ---- multi-process -------------------------------------------------------------------------------------
+# ---- multi-process -------------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.skipif(
     torch.cuda.is_available(), reason="CPU/gloo launch test: with a GPU, launch() uses NCCL"

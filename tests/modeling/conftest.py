@@ -1,4 +1,5 @@
-"""Fixtures of the modeling tests; the tiny-config builder and input helpers live in detr_test_utils."""
+"""Fixtures of the modeling tests; the tiny-config builder and input helpers live in
+detr_test_utils."""
 
 import pytest
 import torch

@@ -128,7 +128,8 @@ def make_criterion(
 
 
 def run(crit, outputs, targets):
-    """The steps of DetrPanoptic.losses: match, masks of the matched queries, losses with that matching."""
+    """The steps of DetrPanoptic.losses: match, masks of the matched queries, losses with that
+    matching."""
     indices = crit.matcher(outputs, targets)
     pred_masks = None
     if "pred_masks" in outputs and "masks" in crit.losses:
@@ -157,7 +158,8 @@ def test_each_loss_matches_hand_computation():
 
 
 def test_matched_query_index_and_mask_rows():
-    """matched_query_index gives the rows the caller computes masks for: image by image, in matching order."""
+    """matched_query_index gives the rows the caller computes masks for: image by image, in matching
+    order."""
     outputs, targets = hand_case()
     pred_masks = outputs.pop("pred_masks")
     crit = make_criterion()

@@ -10,7 +10,7 @@ from detr_test_utils import NUM_QUERIES, build_tiny_model, make_input, tiny_cfg
 from detr_panoptic_d2.modeling import MaskHeadSmallConv, MHAttentionMap
 
 
-# ---- MHAttentionMap -----------------------------------------------------------------------------------
+# ---- MHAttentionMap ------------------------------------------------------------------------------
 def _attention_inputs(seed=0, q=4, c=16, h=3, w=5):
     g = torch.Generator().manual_seed(seed)
     mask = torch.zeros(h, w, dtype=torch.bool)
@@ -57,7 +57,8 @@ def test_attention_map_against_hand_einsum():
 
 
 def test_attention_map_scaled_to_uniform():
-    """SCALE_ATTENTION_MAPS: DETR's maps times (heads x non-padded positions); uniform attention gives 1."""
+    """SCALE_ATTENTION_MAPS: DETR's maps times (heads x non-padded positions); uniform attention
+    gives 1."""
     q, k, mask = _attention_inputs(seed=3)
     torch.manual_seed(2)
     detr = MHAttentionMap(16, 16, num_heads=4)
@@ -85,7 +86,7 @@ def test_mask_head_attention_scale_from_config():
         assert head.bbox_attention.scale_to_uniform is flag
 
 
-# ---- MaskHeadSmallConv / DetrMaskHead ------------------------------------------------------------------
+# ---- MaskHeadSmallConv / DetrMaskHead ------------------------------------------------------------
 def test_group_norms_have_8_groups():
     head = MaskHeadSmallConv(136, [256, 128, 64], 128)
     gns = [m for m in head.modules() if isinstance(m, torch.nn.GroupNorm)]
@@ -100,7 +101,8 @@ def test_invalid_hidden_dim_rejected():
 
 
 def _detr_reference_masks(model, state):
-    """DETR's batched DETRsegm computation (every query of every image) from the module's own weights."""
+    """DETR's batched DETRsegm computation (every query of every image) from the module's own
+    weights."""
     head = model.mask_head
     att, conv = head.bbox_attention, head.mask_head
     hs, memory, mask = state["box_embed"], state["memory"], state["memory_mask"]
@@ -209,7 +211,8 @@ def test_inference_with_mask_head(tiny_mask_model):
     assert torch.equal(inst.pred_masks, res_all["instances"].pred_masks)
 
     # the fast path (masks only for the queries that reach an output) equals computing every mask,
-    # here with a strict subset: class 2 is stuff (no instances) and only some queries pass the threshold
+    # here with a strict subset: class 2 is stuff (no instances) and only some queries pass the
+    # threshold
     tiny_mask_model.postprocessor.is_thing[2] = False
     scores = torch.tensor([s["score"] for s in info])
     tiny_mask_model.postprocessor.object_mask_threshold = float(scores.median())
@@ -224,7 +227,8 @@ def test_inference_with_mask_head(tiny_mask_model):
 
 
 def test_inference_with_degenerate_predicted_boxes(tiny_mask_model):
-    """detector_postprocess drops empty boxes; their masks must be dropped with them (no length mismatch)."""
+    """detector_postprocess drops empty boxes; their masks must be dropped with them (no length
+    mismatch)."""
     tiny_mask_model.eval()
     last = tiny_mask_model.detr.bbox_embed.layers[-1]
     with torch.no_grad():
@@ -234,7 +238,7 @@ def test_inference_with_degenerate_predicted_boxes(tiny_mask_model):
     assert len(res["instances"]) == 0 and res["instances"].pred_masks.shape == (0, 64, 96)
 
 
-# ---- stage 2 ----------------------------------------------------------------------------------------------
+# ---- stage 2 -------------------------------------------------------------------------------------
 @pytest.fixture
 def stage1_checkpoint(tmp_path):
     stage1 = build_tiny_model(seed=0)
@@ -283,7 +287,8 @@ def test_stage2_loads_freezes_and_trains_mask_head_only(stage1_checkpoint):
     ]
     assert set(changed) == {k for k in after if k.startswith("mask_head.")}
 
-    # frozen detection part in eval mode: no dropout, the detection outputs are deterministic in train mode
+    # frozen detection part in eval mode: no dropout, the detection outputs are deterministic in
+    # train mode
     with torch.no_grad():
         images, mask = model.preprocess_image(batch)
         o1, _ = model.detr(images.tensor, mask)

@@ -1,4 +1,5 @@
-"""HungarianMatcher against a brute-force optimum over all assignments, on an independently built cost."""
+"""HungarianMatcher against a brute-force optimum over all assignments, on an independently built
+cost."""
 
 import itertools
 

@@ -1,4 +1,5 @@
-"""DetrPanoptic end to end on a tiny config: losses, gradients, inference outputs, padding, targets."""
+"""DetrPanoptic end to end on a tiny config: losses, gradients, inference outputs, padding,
+targets."""
 
 import pytest
 import torch

@@ -1,5 +1,5 @@
-"""The model's outputs beside the panoptic merge: semantic output (MaskFormer's semantic inference) and thing-only
-instances whenever the data set has a thing/stuff split, stage 1 included."""
+"""The model's outputs beside the panoptic merge: semantic output (MaskFormer's semantic inference)
+and thing-only instances whenever the data set has a thing/stuff split, stage 1 included."""
 
 import pytest
 import torch
@@ -12,8 +12,9 @@ from detr_panoptic_d2.modeling.postprocess import semantic_inference
 
 
 def _maskformer_semantic(logits, mask_logits, padded_size, image_size, out_size):
-    """MaskFormer's semantic inference written out: upsample every mask to the padded input, crop the image,
-    resize to the output size, sigmoid, then the class-probability-weighted sum over queries."""
+    """MaskFormer's semantic inference written out: upsample every mask to the padded input, crop
+    the image, resize to the output size, sigmoid, then the class-probability-weighted sum over
+    queries."""
     m = F.interpolate(mask_logits[None], size=padded_size, mode="bilinear", align_corners=False)[0]
     m = m[:, : image_size[0], : image_size[1]]
     m = F.interpolate(m[None], size=out_size, mode="bilinear", align_corners=False)[0]
@@ -69,8 +70,8 @@ def test_model_semantic_output_reads_every_query():
 
 @pytest.mark.parametrize("mask_head", [False, True])
 def test_instances_hold_thing_classes_only(mask_head):
-    """With a thing/stuff split every instance is a thing (stage 1 too: its stuff queries are boxes of stuff);
-    without one (all things) every query is an instance, as DETR."""
+    """With a thing/stuff split every instance is a thing (stage 1 too: its stuff queries are boxes
+    of stuff); without one (all things) every query is an instance, as DETR."""
     name = _register("outputs_split_set_for_test", things=[0, 1], stuff=[2, 3, 4])
     model = build_model(tiny_cfg(mask_head=mask_head, **{"DATASETS.TEST": (name,)})).eval()
 
@@ -97,7 +98,8 @@ def test_instances_hold_thing_classes_only(mask_head):
 
 
 def test_semantic_on_applies_with_a_mask_head_only():
-    """Like PANOPTIC_ON, a key shared by both stages' configs: stage 1 has no masks, hence no sem_seg."""
+    """Like PANOPTIC_ON, a key shared by both stages' configs: stage 1 has no masks, hence no
+    sem_seg."""
     model = build_model(tiny_cfg(**{"MODEL.DETR.TEST.SEMANTIC_ON": True})).eval()
     with torch.no_grad():
         (res,) = model([make_input(64, 96, 0)])

@@ -11,7 +11,8 @@ from detr_panoptic_d2.modeling import PositionEmbeddingSine
 def encoding_by_hand(
     mask, num_feats, temperature=10000.0, normalize=True, scale=2 * math.pi, eps=1e-6
 ):
-    """(B, 2F, H, W) with python floats: coordinates = running count of valid pixels along each axis."""
+    """(B, 2F, H, W) with python floats: coordinates = running count of valid pixels along each
+    axis."""
     b_, h_, w_ = mask.shape
     valid = (~mask).tolist()
     out = torch.zeros(b_, 2 * num_feats, h_, w_, dtype=torch.float64)
@@ -57,7 +58,8 @@ def test_sine_encoding_unnormalized_and_custom_temperature():
 
 
 def test_valid_region_encoding_independent_of_padding_amount():
-    """Normalization uses the valid extent, so the same image padded differently has the same encoding."""
+    """Normalization uses the valid extent, so the same image padded differently has the same
+    encoding."""
     m_small = torch.zeros(1, 3, 4, dtype=torch.bool)
     m_big = torch.ones(1, 7, 9, dtype=torch.bool)
     m_big[0, :3, :4] = False

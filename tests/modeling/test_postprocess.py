@@ -24,7 +24,8 @@ def _index(i):
 
 
 def column_logits(h, w, spec):
-    """(Q, h, w) logits: spec[q] = {column(s) or (rows, cols): value}, LOW elsewhere; ranges given as S(a, b)."""
+    """(Q, h, w) logits: spec[q] = {column(s) or (rows, cols): value}, LOW elsewhere; ranges given
+    as S(a, b)."""
     out = torch.full((len(spec), h, w), LOW)
     for q, regions in enumerate(spec):
         for where, value in regions.items():
@@ -49,7 +50,7 @@ def check_segments_info(panoptic, info, classes, scores, expected_queries):
     assert len(info) == len(expected_queries)
 
 
-# ---- select_queries ----------------------------------------------------------------------------------------
+# ---- select_queries ------------------------------------------------------------------------------
 def test_select_queries_strict_threshold_and_no_object():
     logits = torch.tensor(
         [
@@ -73,7 +74,7 @@ def test_select_queries_strict_threshold_and_no_object():
     assert not keep.any()
 
 
-# ---- stuff merging ----------------------------------------------------------------------------------------
+# ---- stuff merging -------------------------------------------------------------------------------
 def _stuff_duplicate_case():
     """8x8. q0 thing (class 0) owns cols 0-1, q1 and q2 both stuff class 2 own cols 2-4 and 5-7.
     Without q2, cols 5-6 go to q0 (second highest) and col 7 to q1."""
@@ -123,8 +124,9 @@ def test_things_of_the_same_class_are_not_merged():
 
 
 def test_first_query_of_stuff_class_small_after_merge_removes_whole_class():
-    """DETR quirk: q1 (stuff, own area 2) survives the merged pass thanks to q2's pixels, q2 (area 0 after
-    relabeling) is removed; recomputed without relabeling, q1 has area 2 <= 4 and is removed too."""
+    """DETR quirk: q1 (stuff, own area 2) survives the merged pass thanks to q2's pixels, q2 (area 0
+    after relabeling) is removed; recomputed without relabeling, q1 has area 2 <= 4 and is removed
+    too."""
     h = w = 8
     logits = column_logits(
         h,
@@ -167,7 +169,7 @@ def test_stuff_class_with_small_merged_area_disappears():
         check_segments_info(panoptic, info, classes, scores, [0])
 
 
-# ---- small segments, empty results, output size -------------------------------------------------------------
+# ---- small segments, empty results, output size --------------------------------------------------
 def test_small_segments_removed_at_threshold():
     h = w = 8
     logits = column_logits(
@@ -250,7 +252,7 @@ def test_invalid_stuff_merge():
         panoptic_merge(logits, classes, scores, IS_THING, (8, 8), 4, "biggest")
 
 
-# ---- against a literal port of DETR's PostProcessPanoptic --------------------------------------------------
+# ---- against a literal port of DETR's PostProcessPanoptic ----------------------------------------
 def detr_reference(mask_logits, classes, is_thing, output_size, min_area=4):
     """DETR's loop (models/segmentation.py, PostProcessPanoptic), ids shifted by +1 with 0 as void.
     Returns (id map, [(query index, area)])."""
@@ -288,8 +290,8 @@ def detr_reference(mask_logits, classes, is_thing, output_size, min_area=4):
 
 
 def random_merge_case(seed, stuff_duplicates):
-    """0-6 queries of smooth blob logits (segments of varied sizes, many of them small) on a 6-12 px canvas,
-    random classes and scores. Returns (logits (Q, h, w), classes, scores, (h, w))."""
+    """0-6 queries of smooth blob logits (segments of varied sizes, many of them small) on a 6-12 px
+    canvas, random classes and scores. Returns (logits (Q, h, w), classes, scores, (h, w))."""
     g = torch.Generator().manual_seed(seed)
     q = int(torch.randint(0, 7, (1,), generator=g))
     h, w = [int(v) for v in torch.randint(6, 13, (2,), generator=g)]
@@ -321,11 +323,12 @@ def test_first_mode_matches_detr_reference(seed):
     check_segments_info(panoptic, info, classes, scores, [qi for qi, _ in ref_segments])
 
 
-# ---- through the model --------------------------------------------------------------------------------------
+# ---- through the model ---------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["detr", "maskformer"])
 def test_model_panoptic_output_with_patched_heads(monkeypatch, mode):
-    """Crafted logits and mask logits through DetrPanoptic.inference: only kept queries reach the mask head,
-    and the panoptic output is the configured merge of the upsampled, cropped masks at the requested size."""
+    """Crafted logits and mask logits through DetrPanoptic.inference: only kept queries reach the
+    mask head, and the panoptic output is the configured merge of the upsampled, cropped masks at
+    the requested size."""
     model = build_tiny_model(mask_head=True, **{"MODEL.DETR.TEST.PANOPTIC_MERGE": mode}).eval()
     post = model.postprocessor
     post.is_thing = IS_THING.clone()[:4].new_ones(5)
@@ -377,8 +380,8 @@ def test_model_panoptic_output_with_patched_heads(monkeypatch, mode):
     )
     pan, info = res["panoptic_seg"]
     assert torch.equal(pan, exp_pan) and info == exp_info
-    # the duplicate stuff query 6 merged into query 4; with MaskFormer's merge query 1 (thing) loses half of its
-    # mask to the more confident mask of query 8 and is dropped
+    # the duplicate stuff query 6 merged into query 4; with MaskFormer's merge query 1 (thing) loses
+    # half of its mask to the more confident mask of query 8 and is dropped
     assert [s["category_id"] for s in info] == ([0, 2, 3] if mode == "detr" else [2, 3])
     inst = res["instances"]
     assert inst.pred_classes.tolist() == [0] and inst.pred_masks.shape == (1, 40, 60)
@@ -395,8 +398,8 @@ def test_model_panoptic_output_with_patched_heads(monkeypatch, mode):
     ],
 )
 def test_id_map_resize_matches_pil_nearest(size_in, size_out):
-    """DETR resizes its id PNG with PIL's NEAREST; torch's "nearest-exact" picks other pixels where the
-    sampling position falls on an integer (e.g. 12 → 15: output column 7)."""
+    """DETR resizes its id PNG with PIL's NEAREST; torch's "nearest-exact" picks other pixels where
+    the sampling position falls on an integer (e.g. 12 → 15: output column 7)."""
     from detr_panoptic_d2.modeling.postprocess import _resize_ids
 
     g = torch.Generator().manual_seed(0)
@@ -409,7 +412,7 @@ def test_id_map_resize_matches_pil_nearest(size_in, size_out):
     )
 
 
-# ---- MaskFormer's merge (PANOPTIC_MERGE: "maskformer") ----------------------------------------------------
+# ---- MaskFormer's merge (PANOPTIC_MERGE: "maskformer") -------------------------------------------
 def maskformer_reference(mask_logits, classes, scores, is_thing, overlap_threshold=0.8):
     """MaskFormer's panoptic inference written as its per-query loop (same size, no area filter).
     Returns (id map with 0 as void, [query index of each segment])."""
@@ -447,8 +450,9 @@ def test_maskformer_merge_matches_reference(seed):
 
 
 def test_maskformer_merge_drops_less_confident_duplicate():
-    """Two thing queries on one object: DETR's merge gives it to the higher mask logit (the duplicate);
-    MaskFormer's gives it to the higher score, and the duplicate, left without its mask, is dropped."""
+    """Two thing queries on one object: DETR's merge gives it to the higher mask logit (the
+    duplicate); MaskFormer's gives it to the higher score, and the duplicate, left without its mask,
+    is dropped."""
     logits = column_logits(8, 8, [{S(0, 4): HIGH}, {S(0, 4): HIGH + 1}, {S(4, 8): HIGH}])
     classes, scores = torch.tensor([0, 0, 2]), torch.tensor([0.9, 0.6, 0.95])
     panoptic, info = maskformer_merge(logits, classes, scores, IS_THING, (8, 8), 4)
@@ -461,8 +465,9 @@ def test_maskformer_merge_drops_less_confident_duplicate():
 
 
 def test_maskformer_merge_overlap_threshold_and_void():
-    """q1 wins 3 of the 5 columns of its mask (q0 is more confident on the shared ones): dropped at 0.8, its
-    columns become void; kept at 0.5. Columns no mask covers with probability >= 0.5 are void."""
+    """q1 wins 3 of the 5 columns of its mask (q0 is more confident on the shared ones): dropped at
+    0.8, its columns become void; kept at 0.5. Columns no mask covers with probability >= 0.5 are
+    void."""
     logits = column_logits(6, 10, [{S(0, 5): HIGH}, {S(3, 8): HIGH}])
     classes, scores = torch.tensor([0, 1]), torch.tensor([0.9, 0.8])
     panoptic, info = maskformer_merge(logits, classes, scores, IS_THING, (6, 10), 4, 0.8)

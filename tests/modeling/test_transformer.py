@@ -58,7 +58,8 @@ def test_padding_does_not_influence_valid_outputs(pre_norm):
 
 
 def test_every_decoder_output_is_layer_normed():
-    """Each intermediate decoder output goes through the shared final LayerNorm (weight 1, bias 0 at init)."""
+    """Each intermediate decoder output goes through the shared final LayerNorm (weight 1, bias 0 at
+    init)."""
     t = build()
     src, mask, query, pos = make_inputs()
     with torch.no_grad():

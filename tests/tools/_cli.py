@@ -22,8 +22,8 @@ STAGE1, STAGE2, tiny_opts = ENGINE.STAGE1, ENGINE.STAGE2, ENGINE.tiny_opts
 
 
 def run_tool(script, *args, timeout=300):
-    """Run ``tools/<script>`` with this interpreter from the repository root; returns CompletedProcess
-    with stdout and stderr merged into ``.stdout``."""
+    """Run ``tools/<script>`` with this interpreter from the repository root; returns
+    CompletedProcess with stdout and stderr merged into ``.stdout``."""
     env = dict(
         os.environ,
         PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),

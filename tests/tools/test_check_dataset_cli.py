@@ -1,4 +1,5 @@
-"""tools/check_dataset.py: exit 0 and counts on a clean set, exit 1 and every problem named on a broken one."""
+"""tools/check_dataset.py: exit 0 and counts on a clean set, exit 1 and every problem named on a
+broken one."""
 
 import shutil
 

@@ -1,5 +1,5 @@
-"""tools/demo.py as a command: pictures for a registered data set (with --explain) and for an input folder;
-clear errors for bad arguments."""
+"""tools/demo.py as a command: pictures for a registered data set (with --explain) and for an input
+folder; clear errors for bad arguments."""
 
 import shutil
 
@@ -94,8 +94,8 @@ def test_demo_needs_input_or_dataset(tmp_path):
 
 
 def test_demo_skips_unreadable_files_and_fails_at_the_end(cli_toy_root, tmp_path):
-    """A truncated and a corrupt image in a folder: skipped with a message naming each, the images after them
-    still get their pictures, and the exit status says something went wrong."""
+    """A truncated and a corrupt image in a folder: skipped with a message naming each, the images
+    after them still get their pictures, and the exit status says something went wrong."""
     src = tmp_path / "inputs"
     src.mkdir()
     good = open(f"{cli_toy_root}/val/images/000001.jpg", "rb").read()

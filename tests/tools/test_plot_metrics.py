@@ -1,4 +1,5 @@
-"""tools/plot_metrics.py: the rows it plots from Detectron2's appended metrics.json, and the PNG it writes."""
+"""tools/plot_metrics.py: the rows it plots from Detectron2's appended metrics.json, and the PNG it
+writes."""
 
 import importlib.util
 import json

@@ -1,4 +1,5 @@
-"""tools/prepare_coco_semantic.py remakes the semantic PNGs of *_with_sem_seg from the panoptic annotations."""
+"""tools/prepare_coco_semantic.py remakes the semantic PNGs of *_with_sem_seg from the panoptic
+annotations."""
 
 import shutil
 

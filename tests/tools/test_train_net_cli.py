@@ -1,4 +1,5 @@
-"""tools/train_net.py as a command: --eval-only without weights evaluates a random model and says so."""
+"""tools/train_net.py as a command: --eval-only without weights evaluates a random model and says
+so."""
 
 import json
 
@@ -27,7 +28,8 @@ def test_eval_only_without_weights_warns_and_evaluates(cli_toy_root, tmp_path):
 
 
 def test_train_stage1_from_the_command_line(cli_toy_root, tmp_path):
-    """The training path of the command (main_job.sh's): a couple of iterations write the final model."""
+    """The training path of the command (main_job.sh's): a couple of iterations write the final
+    model."""
     out = tmp_path / "train"
     opts = tiny_opts(out, max_iter=2, toy_root=cli_toy_root)
     proc = run_tool("train_net.py", "--config-file", STAGE1, *opts)
@@ -35,5 +37,6 @@ def test_train_stage1_from_the_command_line(cli_toy_root, tmp_path):
     assert (out / "model_final.pth").is_file()
     rows = [json.loads(line) for line in open(out / "metrics.json")]
     assert max(r["iteration"] for r in rows if "total_loss" in r) == 1
-    # the end-of-training evaluation of stage 1: box AP of the things (from the panoptic ground truth)
+    # the end-of-training evaluation of stage 1: box AP of the things (from the panoptic ground
+    # truth)
     assert any("bbox/AP" in r for r in rows), rows[-1]

@@ -17,8 +17,11 @@ Registration is explicit (:func:`register_ade20k_panoptic`, or
 :func:`detr_panoptic_d2.data.datasets.register_plugin_datasets`); importing does not register.
 """
 
-import json
-import os
+from .coco_panoptic_semseg import (
+    load_panoptic_with_sem_seg_json,
+    panoptic_with_sem_seg_metadata,
+    register_panoptic_with_sem_seg,
+)
 
 __all__ = [
     "ADE20K_150_CATEGORIES",
@@ -211,7 +214,7 @@ _ADE20K_INSTANCE_NAMES = {
     129: "dishwasher", 130: "screen", 132: "sculpture", 133: "hood", 134: "sconce", 135: "vase",
     136: "traffic light", 137: "tray", 138: "ashcan", 139: "fan", 142: "plate", 143: "monitor",
     144: "bulletin board", 146: "radiator", 147: "glass", 148: "clock", 149: "flag",
-}
+}  # fmt: skip
 
 ADE20K_INSTANCE_CATEGORIES = [{"id": k, "name": v} for k, v in _ADE20K_INSTANCE_NAMES.items()]
 
@@ -243,17 +246,7 @@ def get_ade20k_panoptic_metadata():
         (all 150 classes), thing_dataset_id_to_contiguous_id (things) and
         stuff_dataset_id_to_contiguous_id (all classes); contiguous ids index the 150 classes.
     """
-    cats = ADE20K_150_CATEGORIES
-    return {
-        "thing_classes": [c["name"] for c in cats if c["isthing"]],
-        "thing_colors": [list(c["color"]) for c in cats if c["isthing"]],
-        "stuff_classes": [c["name"] for c in cats],
-        "stuff_colors": [list(c["color"]) for c in cats],
-        "thing_dataset_id_to_contiguous_id": {
-            c["id"]: i for i, c in enumerate(cats) if c["isthing"]
-        },
-        "stuff_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(cats)},
-    }
+    return panoptic_with_sem_seg_metadata(ADE20K_150_CATEGORIES)
 
 
 def load_ade20k_panoptic_json(json_file, image_dir, gt_dir, semseg_dir, meta):
@@ -271,42 +264,7 @@ def load_ade20k_panoptic_json(json_file, image_dir, gt_dir, semseg_dir, meta):
         "ADE_val_00000001"), pan_seg_file_name, sem_seg_file_name and segments_info (category_id
         contiguous, isthing added).
     """
-    from detectron2.utils.file_io import PathManager
-
-    thing_map = meta["thing_dataset_id_to_contiguous_id"]
-    stuff_map = meta["stuff_dataset_id_to_contiguous_id"]
-    with PathManager.open(json_file) as f:
-        json_info = json.load(f)
-
-    ret = []
-    for ann in json_info["annotations"]:
-        stem = os.path.splitext(ann["file_name"])[0]
-        segments_info = []
-        for seg in ann["segments_info"]:
-            seg = dict(seg)
-            cid = seg["category_id"]
-            if cid in thing_map:
-                seg["category_id"], seg["isthing"] = thing_map[cid], True
-            elif cid in stuff_map:
-                seg["category_id"], seg["isthing"] = stuff_map[cid], False
-            else:
-                raise KeyError(f"{json_file}: image {ann['image_id']!r} has category id {cid}, "
-                               "which the metadata does not list")
-            segments_info.append(seg)
-        ret.append({
-            "file_name": os.path.join(image_dir, stem + ".jpg"),
-            "image_id": ann["image_id"],
-            "pan_seg_file_name": os.path.join(gt_dir, ann["file_name"]),
-            "sem_seg_file_name": os.path.join(semseg_dir, ann["file_name"]),
-            "segments_info": segments_info,
-        })
-    if not ret:
-        raise ValueError(f"{json_file} lists no annotations (images in {image_dir})")
-    for key in ("file_name", "pan_seg_file_name", "sem_seg_file_name"):
-        if not PathManager.isfile(ret[0][key]):
-            raise FileNotFoundError(f"{ret[0][key]} ({key} of the first image of {json_file}) "
-                                    "does not exist")
-    return ret
+    return load_panoptic_with_sem_seg_json(json_file, image_dir, gt_dir, semseg_dir, meta)
 
 
 def register_ade20k_panoptic(
@@ -326,21 +284,15 @@ def register_ade20k_panoptic(
     The metadata gets panoptic_root, image_root, panoptic_json, json_file (= instances_json),
     evaluator_type "ade20k_panoptic_seg", ignore_label 255 and label_divisor 1000.
     """
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
-    DatasetCatalog.register(
+    register_panoptic_with_sem_seg(
         name,
         lambda: load_ade20k_panoptic_json(
             panoptic_json, image_root, panoptic_root, semantic_root, metadata
         ),
-    )
-    MetadataCatalog.get(name).set(
+        metadata,
         panoptic_root=panoptic_root,
         image_root=image_root,
         panoptic_json=panoptic_json,
         json_file=instances_json,
         evaluator_type="ade20k_panoptic_seg",
-        ignore_label=255,
-        label_divisor=1000,
-        **metadata,
     )

@@ -36,6 +36,9 @@ __all__ = [
     "get_coco_panoptic_with_sem_seg_metadata",
     "load_coco_panoptic_with_sem_seg_json",
     "register_coco_panoptic_with_sem_seg",
+    "load_panoptic_with_sem_seg_json",
+    "panoptic_with_sem_seg_metadata",
+    "register_panoptic_with_sem_seg",
     "semantic_from_panoptic",
     "write_semantic_from_panoptic",
     "prepare_coco_panoptic_semseg",
@@ -69,6 +72,29 @@ def _coco_categories():
     return COCO_CATEGORIES
 
 
+def panoptic_with_sem_seg_metadata(categories):
+    """Class metadata of a panoptic set with semantic labels, as Mask2Former sets it.
+
+    Args:
+        categories: list of dicts with "id", "name", "isthing" and "color", in contiguous order.
+
+    Returns:
+        dict with thing_classes / thing_colors (the things), stuff_classes / stuff_colors (all
+        categories), thing_dataset_id_to_contiguous_id (things) and
+        stuff_dataset_id_to_contiguous_id (all categories); contiguous ids index ``categories``.
+    """
+    return {
+        "thing_classes": [c["name"] for c in categories if c["isthing"]],
+        "thing_colors": [list(c["color"]) for c in categories if c["isthing"]],
+        "stuff_classes": [c["name"] for c in categories],
+        "stuff_colors": [list(c["color"]) for c in categories],
+        "thing_dataset_id_to_contiguous_id": {
+            c["id"]: i for i, c in enumerate(categories) if c["isthing"]
+        },
+        "stuff_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(categories)},
+    }
+
+
 def get_coco_panoptic_with_sem_seg_metadata():
     """Class metadata of the ``coco_2017_*_panoptic_with_sem_seg`` splits.
 
@@ -77,17 +103,70 @@ def get_coco_panoptic_with_sem_seg_metadata():
         categories), thing_dataset_id_to_contiguous_id (things) and
         stuff_dataset_id_to_contiguous_id (all 133); contiguous ids index COCO_CATEGORIES.
     """
-    cats = _coco_categories()
-    return {
-        "thing_classes": [c["name"] for c in cats if c["isthing"]],
-        "thing_colors": [c["color"] for c in cats if c["isthing"]],
-        "stuff_classes": [c["name"] for c in cats],
-        "stuff_colors": [c["color"] for c in cats],
-        "thing_dataset_id_to_contiguous_id": {
-            c["id"]: i for i, c in enumerate(cats) if c["isthing"]
-        },
-        "stuff_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(cats)},
-    }
+    return panoptic_with_sem_seg_metadata(_coco_categories())
+
+
+def load_panoptic_with_sem_seg_json(
+    json_file, image_dir, gt_dir, semseg_dir, meta, image_id=None, sem_seg_hint=""
+):
+    """Read a COCO panoptic JSON into detectron2 dataset dicts that also name a semantic PNG.
+
+    Args:
+        json_file: COCO panoptic JSON.
+        image_dir: folder of the images ("<stem>.jpg" for the panoptic PNG "<stem>.png").
+        gt_dir: folder of the panoptic PNGs named in the JSON.
+        semseg_dir: folder of the semantic PNGs (same file names as the panoptic PNGs).
+        meta: dict with thing_dataset_id_to_contiguous_id and stuff_dataset_id_to_contiguous_id.
+        image_id: function applied to the JSON's image ids (e.g. ``int``); default: kept as is.
+        sem_seg_hint: appended to the error raised when the first semantic PNG is missing.
+
+    Returns:
+        list[dict] with file_name, image_id, pan_seg_file_name, sem_seg_file_name and
+        segments_info (category_id contiguous, isthing added).
+    """
+    from detectron2.utils.file_io import PathManager
+
+    thing_map = meta["thing_dataset_id_to_contiguous_id"]
+    stuff_map = meta["stuff_dataset_id_to_contiguous_id"]
+    with PathManager.open(json_file) as f:
+        json_info = json.load(f)
+
+    ret = []
+    for ann in json_info["annotations"]:
+        image_key = ann["image_id"] if image_id is None else image_id(ann["image_id"])
+        stem = os.path.splitext(ann["file_name"])[0]
+        segments_info = []
+        for seg in ann["segments_info"]:
+            seg = dict(seg)
+            cid = seg["category_id"]
+            if cid in thing_map:
+                seg["category_id"], seg["isthing"] = thing_map[cid], True
+            elif cid in stuff_map:
+                seg["category_id"], seg["isthing"] = stuff_map[cid], False
+            else:
+                raise KeyError(
+                    f"{json_file}: image {image_key!r} has category id {cid}, "
+                    "which the metadata does not list"
+                )
+            segments_info.append(seg)
+        ret.append(
+            {
+                "file_name": os.path.join(image_dir, stem + ".jpg"),
+                "image_id": image_key,
+                "pan_seg_file_name": os.path.join(gt_dir, ann["file_name"]),
+                "sem_seg_file_name": os.path.join(semseg_dir, ann["file_name"]),
+                "segments_info": segments_info,
+            }
+        )
+    if not ret:
+        raise ValueError(f"{json_file} lists no annotations (images in {image_dir})")
+    for key in ("file_name", "pan_seg_file_name", "sem_seg_file_name"):
+        if not PathManager.isfile(ret[0][key]):
+            hint = sem_seg_hint if key == "sem_seg_file_name" else ""
+            raise FileNotFoundError(
+                f"{ret[0][key]} ({key} of the first image of {json_file}) does not exist{hint}"
+            )
+    return ret
 
 
 def load_coco_panoptic_with_sem_seg_json(json_file, image_dir, gt_dir, semseg_dir, meta):
@@ -104,43 +183,25 @@ def load_coco_panoptic_with_sem_seg_json(json_file, image_dir, gt_dir, semseg_di
         list[dict] with file_name, image_id (int), pan_seg_file_name, sem_seg_file_name and
         segments_info (category_id contiguous, isthing added).
     """
-    from detectron2.utils.file_io import PathManager
+    return load_panoptic_with_sem_seg_json(
+        json_file,
+        image_dir,
+        gt_dir,
+        semseg_dir,
+        meta,
+        image_id=int,
+        sem_seg_hint=" (make them with prepare_coco_panoptic_semseg)",
+    )
 
-    thing_map = meta["thing_dataset_id_to_contiguous_id"]
-    stuff_map = meta["stuff_dataset_id_to_contiguous_id"]
-    with PathManager.open(json_file) as f:
-        json_info = json.load(f)
 
-    ret = []
-    for ann in json_info["annotations"]:
-        stem = os.path.splitext(ann["file_name"])[0]
-        segments_info = []
-        for seg in ann["segments_info"]:
-            seg = dict(seg)
-            cid = seg["category_id"]
-            if cid in thing_map:
-                seg["category_id"], seg["isthing"] = thing_map[cid], True
-            elif cid in stuff_map:
-                seg["category_id"], seg["isthing"] = stuff_map[cid], False
-            else:
-                raise KeyError(f"{json_file}: image {ann['image_id']} has category id {cid}, "
-                               "which the metadata does not list")
-            segments_info.append(seg)
-        ret.append({
-            "file_name": os.path.join(image_dir, stem + ".jpg"),
-            "image_id": int(ann["image_id"]),
-            "pan_seg_file_name": os.path.join(gt_dir, ann["file_name"]),
-            "sem_seg_file_name": os.path.join(semseg_dir, ann["file_name"]),
-            "segments_info": segments_info,
-        })
-    if not ret:
-        raise ValueError(f"{json_file} lists no annotations (images in {image_dir})")
-    for key in ("file_name", "pan_seg_file_name", "sem_seg_file_name"):
-        if not PathManager.isfile(ret[0][key]):
-            hint = " (make them with prepare_coco_panoptic_semseg)" if key[:3] == "sem" else ""
-            raise FileNotFoundError(f"{ret[0][key]} ({key} of the first image of {json_file}) "
-                                    f"does not exist{hint}")
-    return ret
+def register_panoptic_with_sem_seg(name, load, metadata, **values):
+    """Register ``name`` with DatasetCatalog (dicts from ``load()``) and set its metadata: the
+    keyword ``values`` (paths, evaluator_type), ignore_label 255, label_divisor 1000 and
+    ``metadata``."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    DatasetCatalog.register(name, load)
+    MetadataCatalog.get(name).set(**values, ignore_label=255, label_divisor=1000, **metadata)
 
 
 def register_coco_panoptic_with_sem_seg(
@@ -157,24 +218,18 @@ def register_coco_panoptic_with_sem_seg(
     The metadata gets sem_seg_root, panoptic_root, image_root, panoptic_json, json_file
     (= instances_json), evaluator_type "coco_panoptic_seg", ignore_label 255, label_divisor 1000.
     """
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
-    DatasetCatalog.register(
+    register_panoptic_with_sem_seg(
         name,
         lambda: load_coco_panoptic_with_sem_seg_json(
             panoptic_json, image_root, panoptic_root, sem_seg_root, metadata
         ),
-    )
-    MetadataCatalog.get(name).set(
+        metadata,
         sem_seg_root=sem_seg_root,
         panoptic_root=panoptic_root,
         image_root=image_root,
         panoptic_json=panoptic_json,
         json_file=instances_json,
         evaluator_type="coco_panoptic_seg",
-        ignore_label=255,
-        label_divisor=1000,
-        **metadata,
     )
 
 
@@ -230,8 +285,9 @@ def write_semantic_from_panoptic(
     else:
         id_map = {c["id"]: i for i, c in enumerate(categories)}
     if max(id_map.values(), default=0) > 254:
-        raise ValueError(f"{len(categories)} categories do not fit uint8 semantic labels "
-                         "(255 is void)")
+        raise ValueError(
+            f"{len(categories)} categories do not fit uint8 semantic labels (255 is void)"
+        )
     with open(panoptic_json) as f:
         annotations = json.load(f)["annotations"]
     os.makedirs(sem_seg_root, exist_ok=True)
@@ -239,10 +295,17 @@ def write_semantic_from_panoptic(
     for ann in annotations:
         for seg in ann["segments_info"]:
             if seg["category_id"] not in id_map:
-                raise KeyError(f"{panoptic_json}: {ann['file_name']} has category id "
-                               f"{seg['category_id']}, which the categories do not list")
-        items.append((os.path.join(panoptic_root, ann["file_name"]),
-                      os.path.join(sem_seg_root, ann["file_name"]), ann["segments_info"]))
+                raise KeyError(
+                    f"{panoptic_json}: {ann['file_name']} has category id "
+                    f"{seg['category_id']}, which the categories do not list"
+                )
+        items.append(
+            (
+                os.path.join(panoptic_root, ann["file_name"]),
+                os.path.join(sem_seg_root, ann["file_name"]),
+                ann["segments_info"],
+            )
+        )
     convert = functools.partial(_convert_one, id_map=id_map)
     if num_workers > 0:
         import multiprocessing as mp
@@ -276,7 +339,12 @@ def prepare_coco_panoptic_semseg(root=None, splits=("val2017", "train2017"), num
         if not os.path.isfile(panoptic_json):
             raise FileNotFoundError(f"{panoptic_json} does not exist")
         sem_root = os.path.join(coco, f"panoptic_semseg_{split}")
-        write_semantic_from_panoptic(panoptic_json, os.path.join(coco, f"panoptic_{split}"),
-                                     sem_root, _coco_categories(), num_workers=num_workers)
+        write_semantic_from_panoptic(
+            panoptic_json,
+            os.path.join(coco, f"panoptic_{split}"),
+            sem_root,
+            _coco_categories(),
+            num_workers=num_workers,
+        )
         out[split] = sem_root
     return out
