@@ -1,14 +1,15 @@
 #!/usr/bin/env python
 """Panoptic post-processing time vs. number of kept queries (mask upsampling + merge), at 800x1333.
 
-The total is upsampling + DETR's merge (the default); MaskFormer's merge (PANOPTIC_MERGE: "maskformer") is
-timed beside it.
+The total is upsampling + DETR's merge (the default); MaskFormer's merge (PANOPTIC_MERGE:
+"maskformer") is timed beside it.
 
-    python benchmarks/bench_postprocess.py [--threads 2] [--device cpu] [--size 800 1333] [--with-model]
+    python benchmarks/bench_postprocess.py [--threads 2] [--device cpu] [--size 800 1333]
+        [--with-model]
 
-Random mask logits (the worst case: many small fragments for the small-segment filter). With --with-model,
-the R-50 model's own time for the same number of queries (backbone, transformer and mask head, the rest of
-inference) is measured too, and post-processing is printed as a share of it.
+Random mask logits (the worst case: many small fragments for the small-segment filter). With
+--with-model, the R-50 model's own time for the same number of queries (backbone, transformer and
+mask head, the rest of inference) is measured too, and post-processing is printed as a share of it.
 """
 
 import argparse
@@ -34,7 +35,10 @@ def main():
     is_thing = torch.arange(args.num_classes, device=args.device) < 80
     print(machine_line(args.device))
     model = build_eval_model(build_cfg(device=args.device)) if args.with_model else None
-    header = f"{'kept':>5} | {'upsample ms':>11} | {'merge ms':>8} | {'total ms':>8} | {'maskformer merge ms':>19}"
+    header = (
+        f"{'kept':>5} | {'upsample ms':>11} | {'merge ms':>8} | {'total ms':>8} | "
+        f"{'maskformer merge ms':>19}"
+    )
     print(header + (f" | {'model ms':>8} | {'share':>6}" if model is not None else ""))
     for k in args.kept:
         g = torch.Generator().manual_seed(k)
@@ -47,8 +51,8 @@ def main():
             t_merge, _ = timed(lambda: panoptic_merge(up, classes, scores, is_thing, (h, w)))
             t_mf, _ = timed(lambda: maskformer_merge(up, classes, scores, is_thing, (h, w)))
         row = (
-            f"{k:>5} | {t_up * 1e3:>11.1f} | {t_merge * 1e3:>8.1f} | {(t_up + t_merge) * 1e3:>8.1f} | "
-            f"{t_mf * 1e3:>19.1f}"
+            f"{k:>5} | {t_up * 1e3:>11.1f} | {t_merge * 1e3:>8.1f} | "
+            f"{(t_up + t_merge) * 1e3:>8.1f} | {t_mf * 1e3:>19.1f}"
         )
         if model is not None:
             t_model = model_time(model, h, w, k, args.device)
@@ -57,7 +61,8 @@ def main():
 
 
 def model_time(model, h, w, kept, device):
-    """Backbone + transformer + heads + mask head for ``kept`` queries: the model's share of inference."""
+    """Backbone + transformer + heads + mask head for ``kept`` queries: the model's share of
+    inference."""
     inputs = [{"image": fake_image(h, w, device)}]
     q = torch.arange(kept, device=device)
 

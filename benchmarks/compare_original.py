@@ -1,17 +1,21 @@
 #!/usr/bin/env python
-"""Fidelity to the original DETR: the same weights and image through the original implementation (a local
-checkout) and through the plugin; prints the largest differences of the raw outputs and the panoptic agreement.
+"""Fidelity to the original DETR: the same weights and image through the original implementation (a
+local checkout) and through the plugin; prints the largest differences of the raw outputs and the
+panoptic agreement.
 
     python benchmarks/compare_original.py --reference-repo PATH_TO_ORIGINAL_DETR_CHECKOUT
         [--size 480 640] [--variant r50 dc5 r101 prenorm] [--kept 30] [--threads 2]
+        [--precision fp32]
 
-Weights: the original's model with random weights (FrozenBatchNorm statistics, norms and biases randomized so
-that every mapping matters), converted by the plugin's converter. Raw outputs: class logits (the original's
-COCO-id rows remapped to the plugin's contiguous classes), boxes, mask logits of every query. Panoptic: a hook
-on both class heads makes the first --kept queries predict fixed classes (things and stuff) with probability
-~1 (random weights keep none), the others no-object; both models then run their own panoptic
-post-processing (the plugin with DETR's merge). Agreement = share of pixels whose segment corresponds (best
-one-to-one matching of segment ids, same category).
+Weights: the original's model with random weights (FrozenBatchNorm statistics, norms and biases
+randomized so that every mapping matters), converted by the plugin's converter. Raw outputs: class
+logits (the original's COCO-id rows remapped to the plugin's contiguous classes), boxes, mask logits
+of every query. Panoptic: a hook on both class heads makes the first --kept queries predict fixed
+classes (things and stuff) with probability ~1 (random weights keep none), the others no-object;
+both models then run their own panoptic post-processing (the plugin with DETR's merge). Agreement =
+share of pixels whose segment corresponds (best one-to-one matching of segment ids, same category).
+--precision runs the plugin at MODEL.DETR.TEST.PRECISION (its inference fast paths: folded
+BatchNorm, the reformulated mask head, bf16), the original in float32.
 """
 
 import argparse
@@ -34,12 +38,13 @@ VARIANTS = {
 
 
 def randomize_(model, seed=1):
-    """Frozen BatchNorm statistics, norm weights and biases to random values (all else keeps its init), and
-    the mask head made query-specific (attention maps weighted up, sharper attention, backbone adapters weighted
-    down): at initialization every query gets nearly the same mask and the panoptic argmax falls on float noise.
-    Even so, on ~5 % of the pixels the two best masks stay within 1e-4 of each other (a trained model's differ
-    by whole logits), so the end-to-end agreement is a lower bound; "merge agreement" feeds the original's
-    own raw outputs to the plugin's post-processing."""
+    """Frozen BatchNorm statistics, norm weights and biases to random values (all else keeps its
+    init), and the mask head made query-specific (attention maps weighted up, sharper attention,
+    backbone adapters weighted down): at initialization every query gets nearly the same mask and
+    the panoptic argmax falls on float noise. Even so, on ~5 % of the pixels the two best masks stay
+    within 1e-4 of each other (a trained model's differ by whole logits), so the end-to-end
+    agreement is a lower bound; "merge agreement" feeds the original's own raw outputs to the
+    plugin's post-processing."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, t in model.state_dict().items():
@@ -65,7 +70,8 @@ def randomize_(model, seed=1):
 
 
 def force_classes(class_embed, rows):
-    """Forward hook: query i < len(rows) predicts class row rows[i] with probability ~1, the rest no-object."""
+    """Forward hook: query i < len(rows) predicts class row rows[i] with probability ~1, the rest
+    no-object."""
 
     def hook(module, inputs, output):
         out = torch.full_like(output, -10.0)
@@ -93,9 +99,9 @@ def test_image(h, w, seed=0):
 
 
 def panoptic_agreement(ids_a, cats_a, ids_b, cats_b):
-    """Share of pixels on which two segmentations agree: segment ids matched one-to-one by largest overlap
-    (Hungarian), a pixel agrees when its two segments are matched and have the same category (void: id 0 in
-    both counts as agreeing)."""
+    """Share of pixels on which two segmentations agree: segment ids matched one-to-one by largest
+    overlap (Hungarian), a pixel agrees when its two segments are matched and have the same category
+    (void: id 0 in both counts as agreeing)."""
     from scipy.optimize import linear_sum_assignment
 
     ua, ia = np.unique(ids_a, return_inverse=True)
@@ -109,7 +115,7 @@ def panoptic_agreement(ids_a, cats_a, ids_b, cats_b):
     return agree / ids_a.size
 
 
-def compare(variant, size, kept):
+def compare(variant, size, kept, precision="fp32"):
     """One variant: returns a dict of max |differences| and the panoptic agreement."""
     import detectron2.data.datasets  # noqa: F401  (builtin COCO panoptic metadata: the thing/stuff split)
     from detectron2.modeling import build_model
@@ -118,7 +124,10 @@ def compare(variant, size, kept):
 
     from detr_panoptic_d2.checkpoint import contiguous_id_map
 
-    cfg = build_cfg(opts=VARIANTS[variant] + ["MODEL.DETR.TEST.INSTANCE_ON", "False"])
+    cfg = build_cfg(
+        opts=VARIANTS[variant]
+        + ["MODEL.DETR.TEST.INSTANCE_ON", "False", "MODEL.DETR.TEST.PRECISION", precision]
+    )
     cfg.DATASETS.TEST = ("coco_2017_val_panoptic",)
     original = OriginalDetrPanoptic(cfg)
     randomize_(original.model)
@@ -131,7 +140,7 @@ def compare(variant, size, kept):
     with torch.no_grad():
         ref = original.model([(image / 255.0 - original.mean) / original.std])
         images, mask = plugin.preprocess_image([{"image": image}])
-        out, features = plugin.detr(images.tensor, mask)
+        out, features = plugin.inference_runner(plugin.detr, images.tensor, mask, plugin.mask_head)
         n = out["pred_logits"].shape[1]
         masks = plugin.mask_head(features, torch.zeros(n, dtype=torch.long), torch.arange(n))
     result = {
@@ -159,7 +168,8 @@ def compare(variant, size, kept):
     ref_cats = {s["id"]: s["category_id"] for s in ref_pan["segments_info"]}
     ids, info = res["panoptic_seg"]
     cats = {s["id"]: order[s["category_id"]].item() for s in info}  # contiguous → COCO id
-    # the original's first segment has id 0, which it also leaves for void pixels: tell them apart by category
+    # the original's first segment has id 0, which it also leaves for void pixels: tell them apart
+    # by category
     result["segments"] = (len(ref_pan["segments_info"]), len(info))
     result["agreement"] = panoptic_agreement(ref_ids, ref_cats, ids.numpy(), {0: -1, **cats})
     # the original's raw outputs through the plugin's post-processing: the merge alone
@@ -181,6 +191,7 @@ def main():
     p.add_argument("--variant", nargs="+", default=["r50"], choices=sorted(VARIANTS))
     p.add_argument("--kept", type=int, default=30)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if not args.child:  # import the original in a child process whose PYTHONPATH holds the checkout
@@ -189,18 +200,19 @@ def main():
     torch.set_num_threads(args.threads)
     print(machine_line())
     print(
-        f"{args.size[0]}x{args.size[1]} image, {args.kept} forced queries; max |plugin - original|"
+        f"{args.size[0]}x{args.size[1]} image, {args.kept} forced queries, plugin in "
+        f"{args.precision}; max |plugin - original|"
     )
     print(
-        f"{'variant':>8} | {'logits':>8} | {'boxes':>8} | {'masks':>8} | {'segments':>9} | {'panoptic agreement':>18}"
-        f" | {'merge agreement':>15}"
+        f"{'variant':>8} | {'logits':>8} | {'boxes':>8} | {'masks':>8} | {'segments':>9} | "
+        f"{'panoptic agreement':>18} | {'merge agreement':>15}"
     )
     for variant in args.variant:
-        r = compare(variant, args.size, args.kept)
+        r = compare(variant, args.size, args.kept, args.precision)
         seg = f"{r['segments'][0]}/{r['segments'][1]}"
         print(
-            f"{variant:>8} | {r['logits']:>8.1e} | {r['boxes']:>8.1e} | {r['masks']:>8.1e} | {seg:>9} | "
-            f"{r['agreement']:>18.6f} | {r['merge_agreement']:>15.6f}",
+            f"{variant:>8} | {r['logits']:>8.1e} | {r['boxes']:>8.1e} | {r['masks']:>8.1e} | "
+            f"{seg:>9} | {r['agreement']:>18.6f} | {r['merge_agreement']:>15.6f}",
             flush=True,
         )
 

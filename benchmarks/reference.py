@@ -1,10 +1,12 @@
-"""The original DETR implementation, from a local checkout given by the user, on the plugin's weights.
+"""The original DETR implementation, from a local checkout given by the user, on the plugin's
+weights.
 
 Nothing of the original is shipped here: ``--reference-repo`` points at a clone of the original DETR
-repository, and the benchmarks import this module in a child process whose ``PYTHONPATH`` holds that clone
-(:func:`reference_env`). The original's model is assembled from its own classes with a torchvision ResNet of
-random weights (its ``build()`` would download ImageNet weights); its state dict is converted with this plugin's
-converter and loaded into the plugin's model, so that both run on the same weights.
+repository, and the benchmarks import this module in a child process whose ``PYTHONPATH`` holds that
+clone (:func:`reference_env`). The original's model is assembled from its own classes with a
+torchvision ResNet of random weights (its ``build()`` would download ImageNet weights); its state
+dict is converted with this plugin's converter and loaded into the plugin's model, so that both run
+on the same weights.
 """
 
 import os
@@ -20,7 +22,8 @@ IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 
 
 def reference_env(repo):
-    """Environment of a child process that imports the original from ``repo`` (and this benchmarks folder)."""
+    """Environment of a child process that imports the original from ``repo`` (and this benchmarks
+    folder)."""
     here = os.path.dirname(os.path.abspath(__file__))
     path = os.pathsep.join([os.path.abspath(repo), here, os.environ.get("PYTHONPATH", "")])
     return dict(os.environ, PYTHONPATH=path)
@@ -54,7 +57,8 @@ def reference_args(cfg, masks=True):
 
 
 def build_original(args, freeze_detr=False):
-    """The original DETR (``DETRsegm`` with ``args.masks``) with random weights, as its ``build()`` assembles it."""
+    """The original DETR (``DETRsegm`` with ``args.masks``) with random weights, as its ``build()``
+    assembles it."""
     from models.backbone import BackboneBase, FrozenBatchNorm2d, Joiner
     from models.detr import DETR
     from models.position_encoding import build_position_encoding
@@ -112,7 +116,8 @@ class OriginalDetrPanoptic:
 
 class OriginalDetrStage2Step:
     """One stage-2 training step of the original: DETRsegm with the DETR part frozen (as its
-    ``--frozen_weights`` does), masks for all queries, SetCriterion with mask losses, AdamW, clipping 0.1."""
+    ``--frozen_weights`` does), masks for all queries, SetCriterion with mask losses, AdamW,
+    clipping 0.1."""
 
     def __init__(self, cfg, device="cpu", seed=0):
         from models.detr import SetCriterion
@@ -153,7 +158,8 @@ class OriginalDetrStage2Step:
         )
 
     def __call__(self, batch):
-        """batch: the plugin's training inputs (uint8 images, Instances with gt_boxes/gt_classes/gt_masks)."""
+        """batch: the plugin's training inputs (uint8 images, Instances with
+        gt_boxes/gt_classes/gt_masks)."""
         from torchvision.ops import box_convert
 
         images, targets = [], []

@@ -4,9 +4,11 @@ from detectron2.config import CfgNode as CN
 
 
 def add_detr_panoptic_config(cfg):
-    """Add every ``MODEL.DETR.*``, ``MODEL.MASK_HEAD.*``, ``SOLVER.*`` and ``INPUT.*`` key the plugin reads."""
+    """Add every ``MODEL.DETR.*``, ``MODEL.MASK_HEAD.*``, ``SOLVER.*`` and ``INPUT.*`` key the
+    plugin reads."""
     cfg.MODEL.DETR = CN()
-    # COCO panoptic: 133 contiguous classes (things + stuff); one more output is the no-object class.
+    # COCO panoptic: 133 contiguous classes (things + stuff); one more output is the no-object
+    # class.
     cfg.MODEL.DETR.NUM_CLASSES = 133
     cfg.MODEL.DETR.HIDDEN_DIM = 256
     cfg.MODEL.DETR.NHEADS = 8
@@ -34,12 +36,32 @@ def add_detr_panoptic_config(cfg):
     cfg.MODEL.DETR.DICE_WEIGHT = 1.0
     cfg.MODEL.DETR.FOCAL_ALPHA = 0.25
     cfg.MODEL.DETR.FOCAL_GAMMA = 2.0
+    # Stage-1 options for faster convergence, training only: at inference the model is DETR with its
+    # NUM_OBJECT_QUERIES queries, and checkpoints load with or without them (see
+    # detr_panoptic_d2/modeling/training_queries.py). Both off: DETR's training.
+    # Query groups (Group DETR): GROUPS - 1 extra groups of NUM_OBJECT_QUERIES learned queries, each
+    # matched one-to-one on its own, self-attention masked between groups, losses averaged over the
+    # groups. 1: off; Group DETR used 11. Each group adds decoder work (docs/toy_recipe.md).
+    cfg.MODEL.DETR.GROUPS = 1
+    # Denoising queries (DN-DETR): COPIES noised copies of the ground truth fed as extra queries
+    # behind an attention mask (label as content, box as positional query), trained to give back the
+    # ground truth (loss_ce_dn, loss_bbox_dn, loss_giou_dn, weighted as the matching losses).
+    # 0: off; DN-DETR's values: 5 copies, box noise 0.4, label noise 0.2 (the toy recipe's).
+    cfg.MODEL.DETR.DN = CN()
+    cfg.MODEL.DETR.DN.COPIES = 0
+    # Box centre moved by up to this x half the width / height, width / height changed by up to this
+    # x itself (uniform noise).
+    cfg.MODEL.DETR.DN.BOX_NOISE_SCALE = 0.4
+    # Probability that a copy's label is replaced by a random class.
+    cfg.MODEL.DETR.DN.LABEL_NOISE_RATIO = 0.2
     # Stage 2: path of a stage-1 checkpoint of this plugin; its detection part is loaded and frozen,
     # only the mask head trains. Empty: nothing is frozen.
     cfg.MODEL.DETR.FROZEN_WEIGHTS = ""
-    # Trainable BatchNorm in the backbone instead of FrozenBN is set with MODEL.RESNETS.NORM as usual.
+    # Trainable BatchNorm in the backbone instead of FrozenBN is set with MODEL.RESNETS.NORM as
+    # usual.
 
-    # Mask head (stage 2). NAME selects a head from MASK_HEAD_REGISTRY; empty string: boxes only (stage 1).
+    # Mask head (stage 2). NAME selects a head from MASK_HEAD_REGISTRY; empty string: boxes only
+    # (stage 1).
     cfg.MODEL.MASK_HEAD = CN()
     cfg.MODEL.MASK_HEAD.NAME = ""
     # Backbone features fed to the FPN-style upsampler, coarse to fine.
@@ -47,39 +69,54 @@ def add_detr_panoptic_config(cfg):
     # Stage-2 training: run the attention maps and the upsampler on matched queries only
     # (identical loss and gradients, much less compute).
     cfg.MODEL.MASK_HEAD.TRAIN_MATCHED_ONLY = True
-    # DetrMaskHead: multiply the attention maps by (heads x non-padded positions), so that uniform attention
-    # is 1, the scale of the projected image features they are concatenated with, instead of 1 / (M h w).
-    # False is DETR's head (and the official checkpoints). True lets a head trained from scratch use the
-    # maps within hundreds rather than thousands of iterations (the toy configs).
+    # DetrMaskHead: multiply the attention maps by (heads x non-padded positions), so that uniform
+    # attention is 1, the scale of the projected image features they are concatenated with, instead
+    # of 1 / (M h w). False is DETR's head (and the official checkpoints). True lets a head trained
+    # from scratch use the maps within hundreds rather than thousands of iterations (the toy
+    # configs).
     cfg.MODEL.MASK_HEAD.SCALE_ATTENTION_MAPS = False
-    # Stage 2: a checkpoint to start the mask head from (an official DETR panoptic checkpoint, raw or
-    # converted, or one of this plugin's), loaded strictly into the mask head after the detection part came
-    # from MODEL.DETR.FROZEN_WEIGHTS: fine-tuning onto other classes keeps the mask head's training.
+    # Stage 2: a checkpoint to start the mask head from (an official DETR panoptic checkpoint, raw
+    # or converted, or one of this plugin's), loaded strictly into the mask head after the detection
+    # part came from MODEL.DETR.FROZEN_WEIGHTS: fine-tuning onto other classes keeps the mask head's
+    # training.
     cfg.MODEL.MASK_HEAD.WEIGHTS = ""
 
     # Panoptic inference.
     cfg.MODEL.DETR.TEST = CN()
     cfg.MODEL.DETR.TEST.PANOPTIC_ON = True
     cfg.MODEL.DETR.TEST.INSTANCE_ON = True
-    # Semantic output "sem_seg" (K, H, W): class probabilities x mask probabilities summed over all queries
-    # (MaskFormer's semantic inference), for SemSegEvaluator's mIoU. Needs the masks of every query; like
-    # PANOPTIC_ON, it applies to models with a mask head (stage 2) only.
+    # Semantic output "sem_seg" (K, H, W): class probabilities x mask probabilities summed over all
+    # queries (MaskFormer's semantic inference), for SemSegEvaluator's mIoU. Needs the masks of
+    # every query; like PANOPTIC_ON, it applies to models with a mask head (stage 2) only.
     cfg.MODEL.DETR.TEST.SEMANTIC_ON = False
     # Keep a query when its argmax is not no-object and its score is strictly above this threshold.
     cfg.MODEL.DETR.TEST.OBJECT_MASK_THRESHOLD = 0.85
     # Segments with area <= this many pixels (at the output size) are removed, repeatedly.
     cfg.MODEL.DETR.TEST.MIN_SEGMENT_AREA = 4
     # How kept queries' masks become one panoptic segmentation:
-    # "detr": DETR's post-processing (each pixel to the highest mask logit; the official checkpoints' PQ);
-    # "maskformer": MaskFormer's (each pixel to the highest score x mask probability, only where that mask's
-    # probability is >= 0.5; a query winning < OVERLAP_THRESHOLD of its own mask is dropped as a duplicate).
+    # "detr": DETR's post-processing (each pixel to the highest mask logit; the official
+    #   checkpoints' PQ);
+    # "maskformer": MaskFormer's (each pixel to the highest score x mask probability, only where
+    #   that mask's probability is >= 0.5; a query winning < OVERLAP_THRESHOLD of its own mask is
+    #   dropped as a duplicate).
     cfg.MODEL.DETR.TEST.PANOPTIC_MERGE = "detr"
     cfg.MODEL.DETR.TEST.OVERLAP_THRESHOLD = 0.8
     # "detr" merge only. "first": DETR's behaviour (only the lowest-index query of each stuff class
-    # survives); "union": same-class stuff masks are merged into one segment. ("maskformer" always unions.)
+    # survives); "union": same-class stuff masks are merged into one segment. ("maskformer" always
+    # unions.)
     cfg.MODEL.DETR.TEST.STUFF_MERGE = "first"
     # Inference fast path: run the mask head only for queries that pass the threshold.
     cfg.MODEL.DETR.TEST.MASKS_FOR_KEPT_ONLY = True
+    # Inference precision: "fp32", "bf16" (CPUs with AVX512-BF16 / AMX, and GPUs) or "fp16" (CUDA
+    # only). bf16 / fp16 run the backbone, transformer and mask-head convolutions with a
+    # reduced-precision copy of the weights (cast once; checkpoints untouched); heads, attention-map
+    # softmax, mask logits and post-processing stay float32. Training precision is SOLVER.AMP.
+    cfg.MODEL.DETR.TEST.PRECISION = "fp32"
+
+    # Mixed-precision training (SOLVER.AMP.ENABLED), on CUDA and on the CPU: autocast to this dtype,
+    # "bfloat16" (no gradient scaling) or "float16" (CUDA only, with a gradient scaler); D2Go's key.
+    if "PRECISION" not in cfg.SOLVER.AMP:
+        cfg.SOLVER.AMP.PRECISION = "bfloat16"
 
     # Optimizer: AdamW, backbone lr multiplier, full-model gradient clipping (DETR's recipe).
     cfg.SOLVER.OPTIMIZER = "ADAMW"
@@ -103,8 +140,8 @@ def add_detr_panoptic_config(cfg):
     cfg.DATASETS.TOY.NUM_TRAIN = 400
     cfg.DATASETS.TOY.NUM_VAL = 200
     cfg.DATASETS.TOY.IMAGE_SIZE = (128, 192)
-    # How things are coloured: "class" (each thing class has its own colour, the set of versions <= 3) or
-    # "random" (colours drawn at random: only the shape tells the class).
+    # How things are coloured: "class" (each thing class has its own colour, the set of versions <=
+    # 3) or "random" (colours drawn at random: only the shape tells the class).
     cfg.DATASETS.TOY.THING_COLORS = "class"
 
 
@@ -114,8 +151,8 @@ def _check(ok, key, value, what):
 
 
 def validate_config(cfg):
-    """Check the plugin's config values; raise ValueError naming the first bad key. Called by the model's
-    ``from_config``, so a broken config fails before anything is built."""
+    """Check the plugin's config values; raise ValueError naming the first bad key. Called by the
+    model's ``from_config``, so a broken config fails before anything is built."""
     d, t = cfg.MODEL.DETR, cfg.MODEL.DETR.TEST
     for key in (
         "NUM_CLASSES",
@@ -155,6 +192,25 @@ def validate_config(cfg):
         _check(d[key] >= 0, f"MODEL.DETR.{key}", d[key], ">= 0")
     _check(d.COST_CLASS or d.COST_BBOX or d.COST_GIOU, "MODEL.DETR.COST_*", 0, "not all 0")
     _check(
+        isinstance(d.GROUPS, int) and d.GROUPS >= 1,
+        "MODEL.DETR.GROUPS",
+        d.GROUPS,
+        "an integer >= 1",
+    )
+    _check(
+        isinstance(d.DN.COPIES, int) and d.DN.COPIES >= 0,
+        "MODEL.DETR.DN.COPIES",
+        d.DN.COPIES,
+        "an integer >= 0",
+    )
+    _check(d.DN.BOX_NOISE_SCALE >= 0, "MODEL.DETR.DN.BOX_NOISE_SCALE", d.DN.BOX_NOISE_SCALE, ">= 0")
+    _check(
+        0.0 <= d.DN.LABEL_NOISE_RATIO <= 1.0,
+        "MODEL.DETR.DN.LABEL_NOISE_RATIO",
+        d.DN.LABEL_NOISE_RATIO,
+        "in [0, 1]",
+    )
+    _check(
         0.0 <= t.OBJECT_MASK_THRESHOLD <= 1.0,
         "MODEL.DETR.TEST.OBJECT_MASK_THRESHOLD",
         t.OBJECT_MASK_THRESHOLD,
@@ -179,6 +235,26 @@ def validate_config(cfg):
         "in [0, 1]",
     )
     _check(t.MIN_SEGMENT_AREA >= 0, "MODEL.DETR.TEST.MIN_SEGMENT_AREA", t.MIN_SEGMENT_AREA, ">= 0")
+    on_cuda = str(cfg.MODEL.DEVICE).startswith("cuda")
+    _check(
+        t.PRECISION in ("fp32", "bf16") or (t.PRECISION == "fp16" and on_cuda),
+        "MODEL.DETR.TEST.PRECISION",
+        t.PRECISION,
+        "'fp32' or 'bf16' (or 'fp16' with MODEL.DEVICE cuda)",
+    )
+    amp = cfg.SOLVER.AMP
+    _check(
+        amp.PRECISION in ("bfloat16", "float16"),
+        "SOLVER.AMP.PRECISION",
+        amp.PRECISION,
+        "'bfloat16' or 'float16'",
+    )
+    _check(
+        not amp.ENABLED or amp.PRECISION == "bfloat16" or on_cuda,
+        "SOLVER.AMP.PRECISION",
+        amp.PRECISION,
+        "'bfloat16' on the CPU ('float16' needs MODEL.DEVICE cuda)",
+    )
     if cfg.MODEL.MASK_HEAD.NAME == "DetrMaskHead":
         # GroupNorm(8) down to HIDDEN_DIM / 16 channels, and over HIDDEN_DIM + NHEADS channels
         _check(

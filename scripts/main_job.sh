@@ -11,7 +11,9 @@ STAGE2=configs/toy/detr_R18_toy_stage2.yaml
 start=$(date +%s)
 
 echo "== toy data set"
-"$PY" tools/generate_toy_dataset.py --root datasets/toy_panoptic --visualize 4
+# the shape-only toy set: things in random colours (configs/toy: DATASETS.TOY.THING_COLORS "random")
+"$PY" tools/generate_toy_dataset.py --root datasets/toy_panoptic_random --thing-colors random \
+  --visualize 4
 echo "== stage 1: boxes for things and stuff"
 "$PY" tools/train_net.py --config-file "$STAGE1" OUTPUT_DIR "$OUT/stage1"
 echo "== stage 2: mask head on the frozen stage-1 model, then PQ on toy_panoptic_val"

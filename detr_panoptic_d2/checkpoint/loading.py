@@ -1,6 +1,7 @@
-"""Loading checkpoints into this plugin's model: the checkpointer (which also reads raw official DETR
-checkpoints and fine-tunes onto other classes), the key-rename rule for the earlier layout, and the strict
-loads of one part of the model (stage 2's frozen DETR body, a mask head to start from)."""
+"""Loading checkpoints into this plugin's model: the checkpointer (which also reads raw official
+DETR checkpoints and fine-tunes onto other classes), the key-rename rule for the earlier layout, and
+the strict loads of one part of the model (stage 2's frozen DETR body, a mask head to start
+from)."""
 
 import logging
 import os
@@ -13,8 +14,8 @@ from .io import load_state_dict_file
 
 logger = logging.getLogger(__name__)
 
-# Top-level modules of the DETR body, which checkpoints written before it had its own module (``detr.``) hold
-# at the top level of the model.
+# Top-level modules of the DETR body, which checkpoints written before it had its own module
+# (``detr.``) hold at the top level of the model.
 _LEGACY_BODY_MODULES = (
     "backbone.",
     "input_proj.",
@@ -28,8 +29,9 @@ CLASS_HEAD_KEYS = ("detr.class_embed.weight", "detr.class_embed.bias")
 
 
 def rename_legacy_keys(state_dict, prefix=""):
-    """In place: ``<prefix>backbone.*``, ``<prefix>transformer.*``, ... (the earlier layout, with the DETR body's
-    modules at the top of the model) → ``<prefix>detr.backbone.*``, .... Returns the renamed keys' count."""
+    """In place: ``<prefix>backbone.*``, ``<prefix>transformer.*``, ... (the earlier layout, with
+    the DETR body's modules at the top of the model) → ``<prefix>detr.backbone.*``, .... Returns the
+    renamed keys' count."""
     old = [
         k
         for k in state_dict
@@ -41,14 +43,16 @@ def rename_legacy_keys(state_dict, prefix=""):
 
 
 def is_original_detr_layout(state_dict):
-    """Whether a state dict has the original DETR implementation's key layout (a raw official checkpoint)."""
+    """Whether a state dict has the original DETR implementation's key layout (a raw official
+    checkpoint)."""
     return any(k.startswith(("backbone.0.body.", "detr.backbone.0.body.")) for k in state_dict)
 
 
 def to_plugin_state(ckpt, source_name):
     """The model state dict of a loaded checkpoint in this plugin's names: a Detectron2 checkpoint
-    ({"model": ...}), a bare state dict, or a raw original DETR checkpoint (converted on the fly, class rows
-    remapped to COCO's contiguous ids); ``module.`` prefixes dropped, legacy keys renamed."""
+    ({"model": ...}), a bare state dict, or a raw original DETR checkpoint (converted on the fly,
+    class rows remapped to COCO's contiguous ids); ``module.`` prefixes dropped, legacy keys
+    renamed."""
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):
         raise ValueError(f"{source_name} holds no state dict of tensors")
@@ -74,8 +78,8 @@ def read_checkpoint_state(path, key):
 
 
 def load_submodule(module, path, prefix, key):
-    """Load the ``<prefix>*`` tensors of the checkpoint at ``path`` into ``module`` strictly (every key, every
-    shape); errors name ``key``, the file and the offending keys."""
+    """Load the ``<prefix>*`` tensors of the checkpoint at ``path`` into ``module`` strictly (every
+    key, every shape); errors name ``key``, the file and the offending keys."""
     state = read_checkpoint_state(path, key)
     sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     if not sub:
@@ -95,11 +99,13 @@ def load_detr_body(detr, path, key="MODEL.DETR.FROZEN_WEIGHTS"):
 
 
 class DetrCheckpointer(DetectionCheckpointer):
-    """``DetectionCheckpointer`` that reads the earlier key layout, and fine-tunes onto other classes.
+    """``DetectionCheckpointer`` that reads the earlier key layout, and fine-tunes onto other
+    classes.
 
-    A class head whose shape differs from the model's (another ``MODEL.DETR.NUM_CLASSES``) is skipped, so it
-    keeps its fresh initialization, and the log says so. Any other shape mismatch is an error naming the keys:
-    Detectron2 alone would skip those too, with a warning that is easy to miss.
+    A class head whose shape differs from the model's (another ``MODEL.DETR.NUM_CLASSES``) is
+    skipped, so it keeps its fresh initialization, and the log says so. Any other shape mismatch is
+    an error naming the keys: Detectron2 alone would skip those too, with a warning that is easy to
+    miss.
     """
 
     def _load_file(self, filename):
@@ -122,17 +128,23 @@ class DetrCheckpointer(DetectionCheckpointer):
             for k, v in state.items()
             if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)
         }
+        for k in [k for k in mismatched if k.startswith("detr.training_queries.")]:
+            # training-only queries of another MODEL.DETR.GROUPS / class count: they keep their
+            # initialization (modeling/training_queries.py)
+            del state[k], mismatched[k]
         others = {k: s for k, s in mismatched.items() if k not in CLASS_HEAD_KEYS}
         if others:
             raise ValueError(
-                f"checkpoint {getattr(self, '_loading', '?')} does not fit the model: shape mismatch (checkpoint, "
-                f"model) of {others}. Only the class head may differ (fine-tuning onto other classes)."
+                f"checkpoint {getattr(self, '_loading', '?')} does not fit the model: shape "
+                f"mismatch (checkpoint, model) of {others}. Only the class head may differ "
+                "(fine-tuning onto other classes)."
             )
         incompatible = super()._load_model(checkpoint)
         if mismatched:
+            num_classes = own["detr.class_embed.bias"].shape[0] - 1
             logger.info(
-                f"Re-initialized for MODEL.DETR.NUM_CLASSES={own['detr.class_embed.bias'].shape[0] - 1} (the "
-                f"checkpoint's class head has other classes): "
+                f"Re-initialized for MODEL.DETR.NUM_CLASSES={num_classes} (the checkpoint's class "
+                "head has other classes): "
                 + ", ".join(f"{k} (checkpoint {a}, model {b})" for k, (a, b) in mismatched.items())
             )
         return incompatible

@@ -1,4 +1,5 @@
-"""Detectron2 ``DefaultTrainer`` for DETR panoptic: data loaders with the DETR mapper, evaluators, optimizer."""
+"""Detectron2 ``DefaultTrainer`` for DETR panoptic: data loaders with the DETR mapper, evaluators,
+optimizer."""
 
 import json
 import logging
@@ -11,18 +12,13 @@ from detectron2.data import (
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
-from detectron2.engine import (
-    AMPTrainer,
-    DefaultTrainer,
-    SimpleTrainer,
-    TrainerBase,
-    create_ddp_model,
-)
+from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint.loading import DetrCheckpointer
 from ..data.dataset_mapper import DetrPanopticDatasetMapper
+from .amp import build_step_trainer
 from .evaluation import build_detr_evaluator
 from .optimizer import build_detr_optimizer
 
@@ -30,7 +26,8 @@ logger = logging.getLogger(__name__)
 
 
 def load_dataset_dicts(names, filter_empty=False):
-    """``get_detection_dataset_dicts`` with errors that name the data set and its annotation file."""
+    """``get_detection_dataset_dicts`` with errors that name the data set and its annotation
+    file."""
     try:
         return get_detection_dataset_dicts(names, filter_empty=filter_empty)
     except (KeyError, ValueError, AssertionError, OSError) as e:
@@ -57,15 +54,15 @@ def load_dataset_dicts(names, filter_empty=False):
 
 
 class DetrPanopticTrainer(DefaultTrainer):
-    """DefaultTrainer with DETR's data mapper, AdamW + backbone multiplier + full-model gradient clipping, the
-    plugin's checkpointer, and the evaluators of :func:`build_detr_evaluator` (PQ, AP of things, mIoU).
-    Register the data sets before building it (``register_datasets_from_cfg``)."""
+    """DefaultTrainer with DETR's data mapper, AdamW + backbone multiplier + full-model gradient
+    clipping, the plugin's checkpointer, and the evaluators of :func:`build_detr_evaluator` (PQ, AP
+    of things, mIoU). Register the data sets before building it (``register_datasets_from_cfg``)."""
 
     def __init__(self, cfg):
-        # DefaultTrainer.__init__, except that the model is wrapped in DistributedDataParallel without
-        # device_ids when it lies on the CPU (multi-process CPU training with gloo: Detectron2's
-        # create_ddp_model passes the local rank as a device id, which DDP rejects for CPU modules), and
-        # that checkpoints go through DetrCheckpointer.
+        # DefaultTrainer.__init__, except that the model is wrapped in DistributedDataParallel
+        # without device_ids when it lies on the CPU (multi-process CPU training with gloo:
+        # Detectron2's create_ddp_model passes the local rank as a device id, which DDP rejects for
+        # CPU modules), and that checkpoints go through DetrCheckpointer.
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
@@ -77,9 +74,7 @@ class DetrPanopticTrainer(DefaultTrainer):
         model = create_ddp_model(
             model, broadcast_buffers=False, **({"device_ids": None} if on_cpu else {})
         )
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
-            model, data_loader, optimizer
-        )
+        self._trainer = build_step_trainer(cfg, model, data_loader, optimizer)  # AMP on CPU too
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = DetrCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0

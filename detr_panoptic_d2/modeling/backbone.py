@@ -1,9 +1,12 @@
-"""Detectron2 ResNet as DETR's backbone, with DETR's DC5 variant."""
+"""Detectron2 ResNet as DETR's backbone, with DETR's DC5 variant, and its folded inference path."""
 
+import torch
 import torch.nn.functional as F
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock, ResNet
+
+from .inference_opt import DerivedTensors, FoldedResNet, module_tensors
 
 _BLOCKS_PER_STAGE = {
     18: [2, 2, 2, 2],
@@ -16,11 +19,12 @@ _BLOCKS_PER_STAGE = {
 
 @BACKBONE_REGISTRY.register()
 def build_detr_resnet_backbone(cfg, input_shape: ShapeSpec):
-    """Detectron2's ResNet (``MODEL.RESNETS.*``), identical to ``build_resnet_backbone`` except for DC5.
+    """Detectron2's ResNet (``MODEL.RESNETS.*``) as ``build_resnet_backbone`` builds it, but DC5.
 
-    With ``MODEL.RESNETS.RES5_DILATION`` 2, res5 keeps stride 16 and its blocks after the first are dilated,
-    the first block keeping dilation 1, as torchvision's ``replace_stride_with_dilation`` builds it (DETR's DC5
-    weights were trained that way); Detectron2's ``build_resnet_backbone`` dilates every res5 block.
+    With ``MODEL.RESNETS.RES5_DILATION`` 2, res5 keeps stride 16 and its blocks after the first are
+    dilated, the first block keeping dilation 1, as torchvision's ``replace_stride_with_dilation``
+    builds it (DETR's DC5 weights were trained that way); Detectron2's ``build_resnet_backbone``
+    dilates every res5 block.
     """
     r = cfg.MODEL.RESNETS
     depth = r.DEPTH
@@ -72,7 +76,48 @@ def build_detr_resnet_backbone(cfg, input_shape: ShapeSpec):
             out_channels * 2,
             bottleneck_channels * 2,
         )
-    return ResNet(stem, stages, out_features=r.OUT_FEATURES, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT)
+    return DetrResNet(
+        stem, stages, out_features=r.OUT_FEATURES, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT
+    )
+
+
+# Training on the CPU: channels-last activations (oneDNN's native layout: no reorder around each
+# convolution, forward and backward; same values).
+TRAIN_CHANNELS_LAST = True
+
+
+class DetrResNet(ResNet):
+    """Detectron2's ``ResNet`` (same modules, parameters, checkpoints) with a fast inference path.
+
+    In eval mode without autograd (inference, or the frozen body of stage-2 training) it runs a
+    :class:`~detr_panoptic_d2.modeling.inference_opt.FoldedResNet`: each BatchNorm folded into the
+    convolution before it, channels-last, in the dtype of the input (under autocast: autocast's
+    dtype), folded in float64 from the float32 weights. The copy is derived once and rebuilt when a
+    weight or statistic changes (training, loading, ``.to()``); it is never part of the
+    ``state_dict``. Otherwise (training, or gradients needed) the modules run as in Detectron2 (on
+    the CPU channels-last, ``TRAIN_CHANNELS_LAST``). Features come back channels-last (the same
+    values up to float rounding).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._folded = DerivedTensors()
+
+    def forward(self, x):
+        if self.training or torch.is_grad_enabled() or not FoldedResNet.supports(self):
+            if TRAIN_CHANNELS_LAST and x.device.type == "cpu":
+                x = x.contiguous(memory_format=torch.channels_last)
+            return super().forward(x)
+        dtype = x.dtype  # under autocast (a frozen body in mixed-precision training): its dtype
+        if torch.is_autocast_enabled(x.device.type):
+            dtype = torch.get_autocast_dtype(x.device.type)
+        return self.folded(dtype, x.device)(x)
+
+    def folded(self, dtype=torch.float32, device=None):
+        """The folded inference copy for ``dtype`` (rebuilt when the weights changed since)."""
+        return self._folded.get(
+            module_tensors(self), (dtype, device), lambda: FoldedResNet(self, dtype)
+        )
 
 
 def downsample_padding_mask(mask, size):

@@ -1,5 +1,6 @@
-"""The DETR detector body: backbone, input projection, sine positional encoding, transformer, object queries,
-class and box heads. ``DetrPanoptic`` wraps it with the mask head, as the original ``DETRsegm`` wraps ``DETR``."""
+"""The DETR detector body: backbone, input projection, sine positional encoding, transformer, object
+queries, class and box heads. ``DetrPanoptic`` wraps it with the mask head, as the original
+``DETRsegm`` wraps ``DETR``."""
 
 import torch.nn.functional as F
 from detectron2.config import configurable
@@ -8,6 +9,7 @@ from torch import nn
 
 from .backbone import downsample_padding_mask
 from .position_encoding import PositionEmbeddingSine
+from .training_queries import TrainingQueries, split_training_outputs
 from .transformer import Transformer
 
 
@@ -32,16 +34,28 @@ class DETR(nn.Module):
 
     ``forward(images, padding_mask)`` returns ``(outputs, features)``:
 
-    * ``outputs``: ``pred_logits`` (B, N, K+1) and ``pred_boxes`` (B, N, 4) of the last decoder layer, and
-      ``aux_outputs`` (one such dict per earlier decoder layer) when ``aux_loss``;
+    * ``outputs``: ``pred_logits`` (B, N, K+1) and ``pred_boxes`` (B, N, 4) of the last decoder
+      layer, and ``aux_outputs`` (one such dict per earlier decoder layer) when ``aux_loss``;
     * ``features``: what a mask head reads: ``box_embed`` (B, N, C) (last decoder layer), ``memory``
-      (B, C, h, w) (encoded image), ``memory_mask`` (B, h, w) (True on padding), ``src_proj`` (B, C, h, w)
-      (projected backbone feature) and ``backbone`` (the backbone's feature dict, res2..res5).
+      (B, C, h, w) (encoded image), ``memory_mask`` (B, h, w) (True on padding), ``src_proj`` (B, C,
+      h, w) (projected backbone feature) and ``backbone`` (the backbone's feature dict, res2..res5).
+
+    With ``training_queries`` (:mod:`.training_queries`: query groups, denoising queries), a
+    training forward also runs those queries and ``outputs`` gains "group_outputs" / "dn_outputs";
+    the entries above stay DETR's N queries. In eval mode the decoder sees the N queries alone.
     """
 
     @configurable
     def __init__(
-        self, *, backbone, transformer, num_classes, num_queries, in_feature="res5", aux_loss=True
+        self,
+        *,
+        backbone,
+        transformer,
+        num_classes,
+        num_queries,
+        in_feature="res5",
+        aux_loss=True,
+        training_queries=None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -58,6 +72,8 @@ class DETR(nn.Module):
         self.num_classes = num_classes
         self.num_queries = num_queries
         self.aux_loss = aux_loss
+        # Registered even when None: a checkpoint's training-only keys are then ignored on load.
+        self.register_module("training_queries", training_queries)
 
     @classmethod
     def from_config(cls, cfg):
@@ -77,6 +93,17 @@ class DETR(nn.Module):
             dropout=d.DROPOUT,
             normalize_before=d.PRE_NORM,
         )
+        training_queries = None
+        if d.GROUPS > 1 or d.DN.COPIES > 0:
+            training_queries = TrainingQueries(
+                d.HIDDEN_DIM,
+                d.NUM_OBJECT_QUERIES,
+                d.NUM_CLASSES,
+                groups=d.GROUPS,
+                dn_copies=d.DN.COPIES,
+                box_noise_scale=d.DN.BOX_NOISE_SCALE,
+                label_noise_ratio=d.DN.LABEL_NOISE_RATIO,
+            )
         return {
             "backbone": backbone,
             "transformer": transformer,
@@ -84,21 +111,37 @@ class DETR(nn.Module):
             "num_queries": d.NUM_OBJECT_QUERIES,
             "in_feature": d.IN_FEATURE,
             "aux_loss": d.DEEP_SUPERVISION,
+            "training_queries": training_queries,
         }
 
-    def forward(self, images, padding_mask):
-        """images: (B, 3, H, W) normalized and padded; padding_mask: (B, H, W) bool, True on padding."""
+    def forward(self, images, padding_mask, targets=None):
+        """images: (B, 3, H, W) normalized and padded; padding_mask: (B, H, W) bool, True on
+        padding; targets: per image "labels" and normalized cxcywh "boxes" (denoising queries)."""
         features = self.backbone(images)
         src = features[self.in_feature]
         mask = downsample_padding_mask(padding_mask, src.shape[-2:])
         pos = self.position_embedding(mask).to(src.dtype)
         src_proj = self.input_proj(src)
-        hs, memory = self.transformer(
-            src_proj, mask, self.query_embed.weight, pos
-        )  # (L, B, N, C), (B, C, h, w)
-        outputs_class = self.class_embed(hs)
-        outputs_coord = self.bbox_embed(hs).sigmoid()
-        outputs = {"pred_logits": outputs_class[-1], "pred_boxes": outputs_coord[-1]}
+        batch = None
+        if self.training and self.training_queries is not None:
+            batch = self.training_queries(self.query_embed.weight, targets, src.shape[0])
+            hs, memory = self.transformer(
+                src_proj, mask, batch.query_pos, pos, tgt=batch.tgt, query_mask=batch.attn_mask
+            )  # (L, B, Q, C): DETR's N queries first
+        else:
+            hs, memory = self.transformer(
+                src_proj, mask, self.query_embed.weight, pos
+            )  # (L, B, N, C), (B, C, h, w)
+        heads_in = hs.to(self.class_embed.weight.dtype)  # float32 heads under a bf16 / fp16 body
+        outputs_class = self.class_embed(heads_in)
+        outputs_coord = self.bbox_embed(heads_in).sigmoid()
+        extra = {}
+        if batch is not None:
+            outputs_class, outputs_coord, extra = split_training_outputs(
+                outputs_class, outputs_coord, batch
+            )
+            hs = hs[:, :, : self.num_queries]
+        outputs = {"pred_logits": outputs_class[-1], "pred_boxes": outputs_coord[-1], **extra}
         if self.aux_loss:
             outputs["aux_outputs"] = [
                 {"pred_logits": a, "pred_boxes": b}

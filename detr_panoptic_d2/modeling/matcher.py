@@ -9,11 +9,13 @@ from .box_ops import cxcywh_to_xyxy
 
 
 class HungarianMatcher(nn.Module):
-    """One-to-one assignment minimizing ``cost_class * C_cls + cost_bbox * C_L1 + cost_giou * C_giou``.
+    """One-to-one assignment minimizing
+    ``cost_class * C_cls + cost_bbox * C_L1 + cost_giou * C_giou``.
 
     C_cls is the negative softmax probability of the target class, C_L1 the L1 distance between
     normalized cxcywh boxes and C_giou the negative generalized IoU. Queries left unmatched are
-    no-object.
+    no-object. With ``groups`` > 1 (Group DETR), the queries are that many consecutive groups of
+    equal size, and each group is matched one-to-one with the targets on its own.
     """
 
     def __init__(self, cost_class=1.0, cost_bbox=5.0, cost_giou=2.0):
@@ -25,13 +27,16 @@ class HungarianMatcher(nn.Module):
         self.cost_giou = cost_giou
 
     @torch.no_grad()
-    def forward(self, outputs, targets):
+    def forward(self, outputs, targets, groups=1):
         """
         outputs: "pred_logits" (B, N, K+1), "pred_boxes" (B, N, 4) normalized cxcywh.
         targets: list of B dicts with "labels" (T_i,) and "boxes" (T_i, 4) normalized cxcywh.
+        groups: number of query groups (N a multiple of it); each target is matched once per group.
         Returns a list of B pairs (query indices, target indices), int64, sorted by query index.
         """
         bs, num_queries = outputs["pred_logits"].shape[:2]
+        if num_queries % groups:
+            raise ValueError(f"HungarianMatcher: {num_queries} queries in {groups} equal groups")
         out_prob = outputs["pred_logits"].flatten(0, 1).float().softmax(-1)  # (B*N, K+1)
         out_bbox = outputs["pred_boxes"].flatten(0, 1).float()
         tgt_ids = torch.cat([t["labels"] for t in targets])
@@ -46,8 +51,13 @@ class HungarianMatcher(nn.Module):
         cost = cost.view(bs, num_queries, -1).cpu()
 
         sizes = [len(t["boxes"]) for t in targets]
-        indices = [linear_sum_assignment(c[i]) for i, c in enumerate(cost.split(sizes, -1))]
-        return [
-            (torch.as_tensor(i, dtype=torch.int64), torch.as_tensor(j, dtype=torch.int64))
-            for i, j in indices
-        ]
+        per_group = num_queries // groups
+        indices = []
+        for i, c in enumerate(cost.split(sizes, -1)):
+            rows, cols = [], []
+            for g, cg in enumerate(c[i].split(per_group, 0)):
+                r, j = linear_sum_assignment(cg)
+                rows.append(torch.as_tensor(r, dtype=torch.int64) + g * per_group)
+                cols.append(torch.as_tensor(j, dtype=torch.int64))
+            indices.append((torch.cat(rows), torch.cat(cols)))
+        return indices

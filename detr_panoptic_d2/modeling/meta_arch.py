@@ -1,11 +1,8 @@
-"""DETR panoptic meta-architecture for Detectron2: glue between the DETR body, the mask head, the set criterion
-and the panoptic post-processing."""
-
-import logging
+"""DETR panoptic meta-architecture for Detectron2: glue between the DETR body, the mask head, the
+set criterion and the panoptic post-processing."""
 
 import torch
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList
 from detectron2.utils.events import get_event_storage
@@ -13,38 +10,13 @@ from torch import nn
 
 from ..checkpoint.loading import load_detr_body, load_submodule, rename_legacy_keys
 from ..config import validate_config
-from .box_ops import xyxy_to_cxcywh
 from .criterion import SetCriterion
 from .detr import DETR
+from .inference_opt import InferenceRunner
 from .mask_head import build_mask_head
 from .matcher import HungarianMatcher
-from .postprocess import PanopticPostProcessor
-
-logger = logging.getLogger(__name__)
-
-
-def thing_classes_from_metadata(dataset_names, num_classes):
-    """(K,) bool: which contiguous classes are things, from the first data set in ``dataset_names`` whose
-    metadata has ``thing_dataset_id_to_contiguous_id``; all True (with a warning) when none has it."""
-    for name in dataset_names:
-        meta = MetadataCatalog.get(name)
-        if not hasattr(meta, "thing_dataset_id_to_contiguous_id"):
-            continue
-        things = set(meta.thing_dataset_id_to_contiguous_id.values())
-        all_ids = things | set(getattr(meta, "stuff_dataset_id_to_contiguous_id", {}).values())
-        if all_ids and max(all_ids) >= num_classes:
-            raise ValueError(
-                f"MODEL.DETR.NUM_CLASSES={num_classes} but data set {name!r} has contiguous class ids up to "
-                f"{max(all_ids)}: set MODEL.DETR.NUM_CLASSES to at least {max(all_ids) + 1}"
-            )
-        is_thing = torch.zeros(num_classes, dtype=torch.bool)
-        is_thing[list(things)] = True
-        return is_thing
-    logger.warning(
-        f"No thing/stuff metadata for data sets {tuple(dataset_names)}: every class is treated as a thing. "
-        "Register the data set before building the model, or set DATASETS.TEST."
-    )
-    return torch.ones(num_classes, dtype=torch.bool)
+from .postprocess import PanopticPostProcessor, thing_classes_from_metadata
+from .targets import targets_from_instances
 
 
 @META_ARCH_REGISTRY.register()
@@ -52,10 +24,11 @@ class DetrPanoptic(nn.Module):
     """DETR (``self.detr``) with an optional mask head for panoptic segmentation.
 
     Training input: Detectron2 dicts with "image" (C, H, W) and "instances" (gt_boxes XYXY absolute,
-    gt_classes contiguous, gt_masks for stage 2). Inference output per image: "instances" (boxes, scores,
-    classes; masks for thing classes with a mask head), "panoptic_seg" and, with ``semantic_on``, "sem_seg"
-    (both with a mask head). Stage 2 (``frozen_weights``): the DETR body is loaded from a stage-1 checkpoint,
-    frozen and kept in eval mode; only the mask head trains.
+    gt_classes contiguous, gt_masks for stage 2). Inference output per image: "instances" (boxes,
+    scores, classes; masks for thing classes with a mask head), "panoptic_seg" and, with
+    ``semantic_on``, "sem_seg" (both with a mask head). Stage 2 (``frozen_weights``): the DETR body
+    is loaded from a stage-1 checkpoint, frozen and kept in eval mode; only the mask head trains.
+    Inference runs at ``test_precision`` (:class:`.inference_opt.InferenceRunner`).
     """
 
     @configurable
@@ -71,8 +44,11 @@ class DetrPanoptic(nn.Module):
         frozen_weights="",
         mask_head_weights="",
         train_matched_only=True,
+        test_precision="fp32",
     ):
         super().__init__()
+        # inference at MODEL.DETR.TEST.PRECISION (a reduced-precision weight copy, not a module)
+        self.inference_runner = InferenceRunner(test_precision)
         self.detr = detr
         self.mask_head = mask_head
         self.criterion = criterion
@@ -113,6 +89,7 @@ class DetrPanoptic(nn.Module):
             eos_coef=d.NO_OBJECT_WEIGHT,
             focal_alpha=d.FOCAL_ALPHA,
             focal_gamma=d.FOCAL_GAMMA,
+            denoising=d.DN.COPIES > 0 and not stage2,
         )
         names = list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
         postprocessor = PanopticPostProcessor.from_config(
@@ -128,6 +105,7 @@ class DetrPanoptic(nn.Module):
             "frozen_weights": d.FROZEN_WEIGHTS,
             "mask_head_weights": cfg.MODEL.MASK_HEAD.WEIGHTS,
             "train_matched_only": cfg.MODEL.MASK_HEAD.TRAIN_MATCHED_ONLY,
+            "test_precision": d.TEST.PRECISION,
         }
 
     @property
@@ -141,13 +119,13 @@ class DetrPanoptic(nn.Module):
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        rename_legacy_keys(
-            state_dict, prefix
-        )  # checkpoints written before the DETR body had its own module
+        # checkpoints written before the DETR body had its own module
+        rename_legacy_keys(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def preprocess_image(self, batched_inputs):
-        """Normalized images padded to a batch, and the padding mask (B, H_pad, W_pad), True on padding."""
+        """Normalized images padded to a batch, and the padding mask (B, H_pad, W_pad), True on
+        padding."""
         images = [
             (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
         ]
@@ -163,46 +141,25 @@ class DetrPanoptic(nn.Module):
         if not self.training:
             with torch.inference_mode():
                 images, mask = self.preprocess_image(batched_inputs)
-                outputs, features = self.detr(images.tensor, mask)
+                outputs, features = self.inference_runner(
+                    self.detr, images.tensor, mask, self.mask_head
+                )
                 return self.inference(batched_inputs, images, outputs, features)
         images, mask = self.preprocess_image(batched_inputs)
+        targets = self.prepare_targets(batched_inputs, images)  # denoising queries read them
         with torch.set_grad_enabled(not self.frozen):
-            outputs, features = self.detr(images.tensor, mask)
-        return self.losses(batched_inputs, images, outputs, features)
+            outputs, features = self.detr(images.tensor, mask, targets)
+        return self.losses(batched_inputs, images, outputs, features, targets)
 
-    # ---- training ------------------------------------------------------------------------------------------
+    # ---- training ------------------------------------------------------------------------------
     def prepare_targets(self, batched_inputs, images):
-        """Per image: "labels" (T,), "boxes" (T, 4) normalized cxcywh, and with a mask head "masks" (T, H_pad,
-        W_pad) bool. Boxes are clipped to the image; degenerate ones are dropped with their masks, as DETR."""
-        targets = []
-        hp, wp = images.tensor.shape[-2:]
-        for x, (h, w) in zip(batched_inputs, images.image_sizes):
-            if "instances" not in x:
-                raise ValueError(f"training input {x.get('file_name', '?')} has no 'instances'")
-            inst = x["instances"].to(self.device)
-            boxes = inst.gt_boxes.tensor.clone()
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
-            keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-            scale = torch.tensor([w, h, w, h], dtype=boxes.dtype, device=self.device)
-            t = {"labels": inst.gt_classes[keep], "boxes": xyxy_to_cxcywh(boxes[keep] / scale)}
-            if self.mask_head is not None:
-                if not inst.has("gt_masks"):
-                    raise ValueError(
-                        f"the mask head needs 'gt_masks' ({x.get('file_name', '?')} has none)"
-                    )
-                gm = inst.gt_masks
-                gm = (gm.tensor if hasattr(gm, "tensor") else gm)[keep]
-                t["masks"] = torch.zeros(
-                    (gm.shape[0], hp, wp), dtype=torch.bool, device=self.device
-                )
-                t["masks"][:, : gm.shape[1], : gm.shape[2]] = gm
-            targets.append(t)
-        return targets
+        """DETR's targets of the batch (:func:`.targets.targets_from_instances`)."""
+        return targets_from_instances(batched_inputs, images, self.mask_head is not None)
 
-    def losses(self, batched_inputs, images, outputs, features):
+    def losses(self, batched_inputs, images, outputs, features, targets=None):
         """Match, predict masks for the matched queries, compute the losses with that matching."""
-        targets = self.prepare_targets(batched_inputs, images)
+        if targets is None:
+            targets = self.prepare_targets(batched_inputs, images)
         indices = self.criterion.matcher(outputs, targets)
         pred_masks = None
         if self.mask_head is not None:
@@ -221,7 +178,7 @@ class DetrPanoptic(nn.Module):
             pass
         return losses
 
-    # ---- inference -----------------------------------------------------------------------------------------
+    # ---- inference -----------------------------------------------------------------------------
     def inference(self, batched_inputs, images, outputs, features):
         results = []
         for b, (x, image_size) in enumerate(zip(batched_inputs, images.image_sizes)):

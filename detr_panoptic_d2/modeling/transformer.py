@@ -1,7 +1,7 @@
 """DETR's encoder-decoder transformer (post-norm by default, pre-norm option).
 
-Positional encodings are added to queries and keys at every attention layer, as in the original DETR.
-Sequences are (L, B, C) as in ``torch.nn.MultiheadAttention``'s default layout.
+Positional encodings are added to queries and keys at every attention layer, as in the original
+DETR. Sequences are (L, B, C) as in ``torch.nn.MultiheadAttention``'s default layout.
 """
 
 import copy
@@ -68,11 +68,15 @@ class TransformerDecoderLayer(nn.Module):
     def _ffn(self, x):
         return self.linear2(self.dropout(F.relu(self.linear1(x))))
 
-    def forward(self, tgt, memory, memory_key_padding_mask=None, pos=None, query_pos=None):
+    def forward(
+        self, tgt, memory, memory_key_padding_mask=None, pos=None, query_pos=None, tgt_mask=None
+    ):
+        """tgt_mask: optional bool self-attention mask, True where a query may not attend a query
+        (training-only query groups and denoising queries); None at inference, as DETR."""
         if self.normalize_before:
             tgt2 = self.norm1(tgt)
             q = k = _with_pos(tgt2, query_pos)
-            tgt = tgt + self.dropout1(self.self_attn(q, k, tgt2)[0])
+            tgt = tgt + self.dropout1(self.self_attn(q, k, tgt2, attn_mask=tgt_mask)[0])
             tgt2 = self.norm2(tgt)
             tgt2 = self.multihead_attn(
                 _with_pos(tgt2, query_pos),
@@ -83,7 +87,7 @@ class TransformerDecoderLayer(nn.Module):
             tgt = tgt + self.dropout2(tgt2)
             return tgt + self.dropout3(self._ffn(self.norm3(tgt)))
         q = k = _with_pos(tgt, query_pos)
-        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, tgt)[0]))
+        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, tgt, attn_mask=tgt_mask)[0]))
         tgt2 = self.multihead_attn(
             _with_pos(tgt, query_pos),
             _with_pos(memory, pos),
@@ -97,8 +101,8 @@ class TransformerDecoderLayer(nn.Module):
 class Transformer(nn.Module):
     """Encoder over the projected image features, decoder over learned object queries.
 
-    forward() returns the decoder outputs of every layer, (num_dec_layers, B, N, C), each passed through
-    the shared final decoder LayerNorm, and the encoded image ("memory"), (B, C, H, W).
+    forward() returns the decoder outputs of every layer, (num_dec_layers, B, N, C), each passed
+    through the shared final decoder LayerNorm, and the encoded image ("memory"), (B, C, H, W).
     """
 
     def __init__(
@@ -125,12 +129,21 @@ class Transformer(nn.Module):
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
 
-    def forward(self, src, mask, query_embed, pos_embed):
-        """src: (B, C, H, W); mask: (B, H, W) True on padding; query_embed: (N, C); pos_embed: like src."""
+    def forward(self, src, mask, query_embed, pos_embed, tgt=None, query_mask=None):
+        """src: (B, C, H, W); mask: (B, H, W) True on padding; query_embed: (N, C), or (N, B, C)
+        per image; pos_embed: like src. Training-only queries (query groups, denoising) add
+        ``tgt``: (N, B, C), the decoder's initial content (zeros when None, as DETR), and
+        ``query_mask``: (N, N) or (B, N, N) bool, True where a query may not attend a query in the
+        decoder's self-attention."""
         bs, c, h, w = src.shape
         src = src.flatten(2).permute(2, 0, 1)  # (HW, B, C)
         pos_embed = pos_embed.flatten(2).permute(2, 0, 1)
-        query_pos = query_embed.unsqueeze(1).repeat(1, bs, 1)  # (N, B, C)
+        if query_embed.dim() == 2:
+            query_pos = query_embed.unsqueeze(1).repeat(1, bs, 1)  # (N, B, C)
+        else:
+            query_pos = query_embed
+        if query_mask is not None and query_mask.dim() == 3:  # per image → per image and head
+            query_mask = query_mask.repeat_interleave(self.nhead, dim=0)
         mask = mask.flatten(1)  # (B, HW)
 
         memory = src
@@ -139,11 +152,16 @@ class Transformer(nn.Module):
         if self.encoder_norm is not None:
             memory = self.encoder_norm(memory)
 
-        out = torch.zeros_like(query_pos)
+        out = torch.zeros_like(query_pos) if tgt is None else tgt
         intermediate = []
         for layer in self.decoder_layers:
             out = layer(
-                out, memory, memory_key_padding_mask=mask, pos=pos_embed, query_pos=query_pos
+                out,
+                memory,
+                memory_key_padding_mask=mask,
+                pos=pos_embed,
+                query_pos=query_pos,
+                tgt_mask=query_mask,
             )
             intermediate.append(self.decoder_norm(out))
         hs = torch.stack(intermediate)  # (L, N, B, C)

@@ -1,4 +1,5 @@
-"""The benchmark scripts run and print their tables (tiny sizes; the figures themselves are not asserted)."""
+"""The benchmark scripts run and print their tables (tiny sizes; the figures themselves are not
+asserted)."""
 
 import os
 import subprocess
@@ -31,9 +32,14 @@ def test_postprocess_benchmark_prints_one_row_per_kept_count():
 @pytest.mark.slow
 def test_inference_benchmark_runs_on_a_small_input():
     out = _run(
-        "bench_inference.py", "--sizes", "96x128", "--kept", "3", "--repeat", "1", "--threads", "1"
+        "bench_inference.py",
+        *("--sizes", "96x128", "--kept", "3", "--repeat", "1", "--threads", "1"),
+        *("--precision", "fp32", "bf16"),
     )
-    row = [line for line in out.splitlines() if line.strip().startswith("96x128")]
-    assert len(row) == 1
-    latency, images_per_s, mem = (float(x) for x in row[0].split("|")[2:5])
-    assert latency > 0 and images_per_s > 0 and mem > 0
+    assert "measured peak (GFLOP/s" in out
+    rows = [line for line in out.splitlines() if line.strip().startswith("96x128")]
+    assert [r.split("|")[1].strip() for r in rows] == ["fp32", "bf16"]
+    for row in rows:
+        latency, images_per_s, mem, gflop = (float(x) for x in row.split("|")[2:6])
+        assert latency > 0 and images_per_s > 0 and mem > 0 and gflop > 0
+    assert 0.0 <= float(rows[1].split("|")[-1]) <= 1.0  # bf16's agreement with fp32

@@ -1,0 +1,297 @@
+"""Inference fast paths: BatchNorm folded into the convolutions, channels-last, reduced precision.
+
+Everything here derives *inference copies* of weights and never touches a module's parameters,
+buffers or ``state_dict``. A copy is rebuilt when one of the tensors it was derived from changes: in
+place (an optimizer step, ``load_state_dict``, BatchNorm statistics updated by a training forward)
+or replaced (``.to()``, ``param.data = ...``), so a model that trains again and is evaluated again
+(periodic evaluation) is evaluated with its current weights.
+
+* :class:`FoldedResNet`: a Detectron2 ResNet with each (Frozen)BatchNorm folded into the weights and
+  bias of the convolution before it (``w' = w * s``, ``b' = beta + (b - mean) * s``, ``s = gamma /
+  sqrt(var + eps)``, computed in float64), channels-last, in the compute dtype. Used by
+  :class:`~detr_panoptic_d2.modeling.backbone.DetrResNet` at inference.
+* :class:`InferenceRunner`: the DETR body at ``MODEL.DETR.TEST.PRECISION``. "bf16" (and "fp16", CUDA
+  only) runs the backbone, input projection and transformer with a reduced-precision copy of their
+  weights, cast once; the class and box heads, the mask head's attention maps and its final mask
+  logits stay in float32 (the mask head itself follows the dtype of the features it reads).
+"""
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from detectron2.layers import FrozenBatchNorm2d
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def is_tracing():
+    """True while ``torch.jit.trace`` / ONNX export records the model (no host-side shape logic)."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def _tensor_key(t):
+    # inference tensors have no version counter; parameters and buffers normally are not ones
+    return (id(t), t.data_ptr(), 0 if t.is_inference() else t._version)
+
+
+class DerivedTensors:
+    """A value derived from some tensors (folded or cast weights), rebuilt when any of them changes
+    or when another variant (dtype, device) is asked for. Holds one value at a time.
+
+    Not a module and not registered anywhere: it is invisible to ``state_dict``, ``parameters()``
+    and ``.to()``; a deep copy or pickle of its owner starts empty (the copy derives its own)."""
+
+    def __init__(self):
+        self._key = None
+        self._value = None
+
+    def get(self, tensors, variant, build):
+        key = (variant, tuple(_tensor_key(t) for t in tensors))
+        if key != self._key:
+            self._key, self._value = None, None  # free the stale copy before building the new one
+            with torch.inference_mode(False), torch.no_grad():
+                self._value = build()
+            self._key = key
+        return self._value
+
+    def clear(self):
+        self._key, self._value = None, None
+
+    def __deepcopy__(self, memo):
+        return DerivedTensors()
+
+    def __reduce__(self):
+        return (DerivedTensors, ())
+
+
+# ---- BatchNorm folding ---------------------------------------------------------------------------
+def foldable_norm(norm):
+    """True for the norms that are an affine map per channel at inference: FrozenBatchNorm2d, and
+    BatchNorm in eval mode with running statistics."""
+    if isinstance(norm, FrozenBatchNorm2d):
+        return True
+    return (
+        isinstance(norm, nn.modules.batchnorm._BatchNorm)
+        and not norm.training
+        and norm.running_mean is not None
+    )
+
+
+def fold_conv_norm(conv, dtype=torch.float32, memory_format=torch.channels_last):
+    """(weight, bias) of ``conv`` (a Detectron2 ``Conv2d``) with its foldable ``norm`` folded in,
+    computed in float64 and returned in ``dtype`` (weight in ``memory_format``). Without a norm: the
+    conv's own."""
+    w = conv.weight.detach().double()
+    b = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(w[:, 0, 0, 0])
+    norm = getattr(conv, "norm", None)
+    if norm is not None:
+        if not foldable_norm(norm):
+            raise ValueError(f"cannot fold {type(norm).__name__} into a convolution")
+        gamma = norm.weight.detach().double() if norm.weight is not None else 1.0
+        beta = norm.bias.detach().double() if norm.bias is not None else 0.0
+        scale = gamma * (norm.running_var.detach().double() + norm.eps).rsqrt()
+        w = w * scale.reshape(-1, 1, 1, 1)
+        b = beta + (b - norm.running_mean.detach().double()) * scale
+    w = w.to(dtype)
+    if w.dim() == 4:
+        w = w.contiguous(memory_format=memory_format)
+    return w, b.to(dtype)
+
+
+class _FoldedConv:
+    """A Detectron2 ``Conv2d`` (+ norm + activation) with the norm folded in (or kept as a module
+    when it cannot be folded, e.g. GroupNorm)."""
+
+    __slots__ = ("weight", "bias", "stride", "padding", "dilation", "groups", "norm", "activation")
+
+    def __init__(self, conv, dtype, memory_format):
+        norm = getattr(conv, "norm", None)
+        fold = norm is not None and foldable_norm(norm)
+        if fold or norm is None:
+            self.weight, self.bias = fold_conv_norm(conv, dtype, memory_format)
+            self.norm = None
+        else:
+            self.weight = conv.weight.detach().to(dtype).contiguous(memory_format=memory_format)
+            self.bias = None if conv.bias is None else conv.bias.detach().to(dtype)
+            self.norm = norm
+        self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
+        self.groups = conv.groups
+        self.activation = getattr(conv, "activation", None)
+
+    def __call__(self, x):
+        x = F.conv2d(
+            x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
+        )
+        if self.norm is not None:
+            x = self.norm(x)
+        if self.activation is not None:
+            x = self.activation(x)
+        return x
+
+
+class _FoldedBlock:
+    """BasicBlock / BottleneckBlock (conv1, conv2[, conv3], optional shortcut), as in Detectron2."""
+
+    __slots__ = ("convs", "shortcut")
+
+    def __init__(self, block, dtype, memory_format):
+        names = ("conv1", "conv2", "conv3") if hasattr(block, "conv3") else ("conv1", "conv2")
+        self.convs = [_FoldedConv(getattr(block, n), dtype, memory_format) for n in names]
+        sc = block.shortcut
+        self.shortcut = None if sc is None else _FoldedConv(sc, dtype, memory_format)
+
+    def __call__(self, x):
+        out = x
+        for conv in self.convs[:-1]:
+            out = F.relu_(conv(out))
+        out = self.convs[-1](out)
+        out += x if self.shortcut is None else self.shortcut(x)
+        return F.relu_(out)
+
+
+class FoldedResNet:
+    """Inference copy of a Detectron2 ``ResNet`` (BasicStem; BasicBlock / BottleneckBlock stages):
+    the same features, each BatchNorm folded into its convolution, channels-last, in ``dtype``.
+
+    ``FoldedResNet.supports(resnet)`` tells whether the structure is one this class reproduces."""
+
+    def __init__(self, resnet, dtype=torch.float32, memory_format=torch.channels_last):
+        self.dtype, self.memory_format = dtype, memory_format
+        self.stem = _FoldedConv(resnet.stem.conv1, dtype, memory_format)
+        self.stages = [
+            (name, [_FoldedBlock(b, dtype, memory_format) for b in stage])
+            for name, stage in zip(resnet.stage_names, resnet.stages)
+        ]
+        self.out_features = list(resnet._out_features)
+
+    @staticmethod
+    def supports(resnet):
+        from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock
+
+        if type(resnet.stem) is not BasicStem or getattr(resnet, "num_classes", None) is not None:
+            return False
+        if "stem" in resnet._out_features:
+            return False
+        return all(
+            type(b) in (BasicBlock, BottleneckBlock) for stage in resnet.stages for b in stage
+        )
+
+    def __call__(self, x):
+        x = x.to(dtype=self.dtype, memory_format=self.memory_format)
+        x = F.max_pool2d(F.relu_(self.stem(x)), kernel_size=3, stride=2, padding=1)
+        outputs = {}
+        for name, blocks in self.stages:
+            for block in blocks:
+                x = block(x)
+            if name in self.out_features:
+                outputs[name] = x
+        return outputs
+
+
+def module_tensors(module):
+    """Every parameter and buffer of ``module`` (what a derived copy depends on)."""
+    return [*module.parameters(), *module.buffers()]
+
+
+# ---- precision -----------------------------------------------------------------------------------
+def precision_dtype(precision, device=None):
+    """``MODEL.DETR.TEST.PRECISION`` ("fp32", "bf16", "fp16") → torch dtype; "fp16" needs CUDA
+    (checked when ``device`` is given)."""
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"MODEL.DETR.TEST.PRECISION must be one of {sorted(PRECISIONS)}, got {precision!r}"
+        )
+    if precision == "fp16" and device is not None and torch.device(device).type != "cuda":
+        raise ValueError(
+            'MODEL.DETR.TEST.PRECISION "fp16" needs a CUDA device (use "bf16" on a CPU)'
+        )
+    return PRECISIONS[precision]
+
+
+def bf16_is_fast():
+    """Whether this CPU has native bf16 dot products (AVX512-BF16 or AMX) that oneDNN uses."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+# Parts of the DETR body that run in float32 whatever the precision: the class and box heads (scores
+# are thresholded, boxes are outputs) and the training-only queries.
+FP32_BODY_PREFIXES = ("class_embed.", "bbox_embed.", "training_queries.")
+
+
+class InferenceRunner:
+    """Runs a ``DETR`` body at inference in a given precision. float32: the body as it is (its
+    backbone folds BatchNorm by itself). bf16 / fp16: the image in that dtype and channels-last, and
+    the body through ``torch.func.functional_call`` with a reduced-precision copy of its weights
+    (cast once, rebuilt when the weights change); the backbone, when it follows its input's dtype
+    (``DetrResNet``), is left out of that copy and folds from its float32 weights. The heads stay
+    float32 (``FP32_BODY_PREFIXES``).
+
+    Returns ``DETR.forward``'s ``(outputs, features)``; with a mask head that does not follow its
+    features' dtype (``supports_low_precision``), the features are returned in float32."""
+
+    def __init__(self, precision="fp32"):
+        self.precision = precision
+        self.dtype = precision_dtype(precision)
+        self._cast = DerivedTensors()
+        self._warned = False
+
+    def _check_device(self, device):
+        if self._warned or self.dtype == torch.float32:
+            return
+        self._warned = True
+        if self.dtype == torch.bfloat16 and device.type == "cpu" and not bf16_is_fast():
+            logger.warning(
+                "MODEL.DETR.TEST.PRECISION bf16: this CPU has no native bf16 (AVX512-BF16 / AMX); "
+                "inference may be slower than fp32"
+            )
+
+    def _low_precision_params(self, detr):
+        from .backbone import DetrResNet  # noqa: PLC0415  (backbone imports this module)
+
+        skip = FP32_BODY_PREFIXES
+        if isinstance(detr.backbone, DetrResNet):
+            skip = skip + ("backbone.",)
+        named = [
+            (n, t)
+            for n, t in [*detr.named_parameters(), *detr.named_buffers()]
+            if not n.startswith(skip)
+        ]
+
+        def build():
+            return {n: t.detach().to(self.dtype) if t.is_floating_point() else t for n, t in named}
+
+        return self._cast.get([t for _, t in named], self.dtype, build)
+
+    def __deepcopy__(self, memo):
+        return InferenceRunner(self.precision)
+
+    def __reduce__(self):
+        return (InferenceRunner, (self.precision,))
+
+    def __call__(self, detr, images, padding_mask, mask_head=None):
+        if self.dtype == torch.float32:
+            return detr(images, padding_mask)
+        self._check_device(images.device)
+        params = self._low_precision_params(detr)
+        images = images.to(dtype=self.dtype, memory_format=torch.channels_last)
+        outputs, features = torch.func.functional_call(
+            detr, params, (images, padding_mask), strict=False
+        )
+        if mask_head is not None and not getattr(mask_head, "supports_low_precision", False):
+            features = _to_float(features)
+        return outputs, features
+
+
+def _to_float(x):
+    if isinstance(x, dict):
+        return {k: _to_float(v) for k, v in x.items()}
+    if isinstance(x, torch.Tensor) and x.is_floating_point():
+        return x.float()
+    return x
