@@ -118,6 +118,11 @@ def add_detr_panoptic_config(cfg):
     if "PRECISION" not in cfg.SOLVER.AMP:
         cfg.SOLVER.AMP.PRECISION = "bfloat16"
 
+    # Wall-clock budget of a training run's loop, in minutes (0: off). Measured early, a machine too
+    # slow for SOLVER.MAX_ITER in this time gets the whole schedule scaled down to what fits
+    # (max_iter and lr milestones alike); a fast one runs it unchanged (engine/time_budget.py).
+    cfg.SOLVER.TIME_BUDGET_MINUTES = 0.0
+
     # Optimizer: AdamW, backbone lr multiplier, full-model gradient clipping (DETR's recipe).
     cfg.SOLVER.OPTIMIZER = "ADAMW"
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
@@ -242,6 +247,8 @@ def validate_config(cfg):
         t.PRECISION,
         "'fp32' or 'bf16' (or 'fp16' with MODEL.DEVICE cuda)",
     )
+    budget = cfg.SOLVER.TIME_BUDGET_MINUTES
+    _check(budget >= 0, "SOLVER.TIME_BUDGET_MINUTES", budget, ">= 0 (0: off)")
     amp = cfg.SOLVER.AMP
     _check(
         amp.PRECISION in ("bfloat16", "float16"),

@@ -13,6 +13,7 @@ from detectron2.data import (
     get_detection_dataset_dicts,
 )
 from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model
+from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -21,6 +22,7 @@ from ..data.dataset_mapper import DetrPanopticDatasetMapper
 from .amp import build_step_trainer
 from .evaluation import build_detr_evaluator
 from .optimizer import build_detr_optimizer
+from .time_budget import TimeBudget, run_training_loop
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +83,23 @@ class DetrPanopticTrainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def build_hooks(self):
+        hooks = super().build_hooks()
+        if self.cfg.SOLVER.TIME_BUDGET_MINUTES > 0:
+            # first: the lr scheduler and the checkpointer see a new end in the same step
+            hooks.insert(0, TimeBudget(self.cfg.SOLVER.TIME_BUDGET_MINUTES * 60))
+        return hooks
+
+    def train(self):
+        """DefaultTrainer.train; with SOLVER.TIME_BUDGET_MINUTES the loop ends where
+        :class:`TimeBudget` puts the end."""
+        if self.cfg.SOLVER.TIME_BUDGET_MINUTES <= 0:
+            return super().train()
+        run_training_loop(self, self.start_iter)
+        if len(self.cfg.TEST.EXPECTED_RESULTS) and comm.is_main_process():
+            verify_results(self.cfg, self._last_eval_results)
+            return self._last_eval_results
 
     @classmethod
     def build_train_loader(cls, cfg):

@@ -1,0 +1,103 @@
+"""A training run that fits a wall-clock budget (``SOLVER.TIME_BUDGET_MINUTES``).
+
+The schedule (``SOLVER.MAX_ITER``, ``SOLVER.STEPS``, warmup) is what a run does on a machine fast
+enough for it. On a slower one, :class:`TimeBudget` measures the seconds per iteration early in
+training and, if the rest of the schedule would not fit the budget, scales the whole schedule down
+to the iterations that fit: ``max_iter`` and every lr milestone by the same factor (Detectron2's
+``LRMultiplier`` reads its schedule as a fraction of ``max_iter``), the final checkpoint and the
+end-of-training evaluation at the new end. A fast machine runs the configured schedule unchanged.
+"""
+
+import logging
+import time
+
+from detectron2.engine import HookBase
+from detectron2.engine import hooks as d2_hooks
+from detectron2.utils import comm
+from detectron2.utils.events import CommonMetricPrinter, EventStorage
+
+logger = logging.getLogger(__name__)
+
+
+class TimeBudget(HookBase):
+    """Scale the schedule down so that the training loop ends within ``budget_s`` seconds.
+
+    Seconds per iteration are measured over iterations ``measure`` (a (first, last) pair, counted
+    from the run's first iteration; the first ones, slower, are left out); every process takes the
+    slowest measurement, so all agree on the new end. The budget counts the training loop only
+    (from the first iteration), not building the model or the evaluation after it. Decided once:
+    put ``measure`` inside the warmup so that the lr schedule is scaled before it matters.
+    """
+
+    def __init__(self, budget_s, measure=(20, 60)):
+        if budget_s <= 0:
+            raise ValueError(f"SOLVER.TIME_BUDGET_MINUTES must be > 0, got {budget_s / 60}")
+        self.budget_s = budget_s
+        self.first, self.last = measure
+        self.fitted_max_iter = None  # set when the schedule was scaled down
+        self.clock = time.perf_counter
+
+    def before_train(self):
+        self._start = self.clock()
+        self._t_first = None
+
+    def after_step(self):
+        done = self.trainer.iter + 1 - self.trainer.start_iter  # iterations run so far
+        if done == self.first:
+            self._t_first = self.clock()
+        if done != self.last or self._t_first is None:
+            return
+        now = self.clock()
+        per_iter = max(comm.all_gather((now - self._t_first) / (self.last - self.first)))
+        left = self.budget_s - (now - self._start)
+        fit = self.trainer.iter + 1 + max(0, int(left / per_iter))
+        planned = self.trainer.max_iter
+        if fit >= planned:
+            logger.info(
+                f"Time budget {self.budget_s / 60:.1f} min: {per_iter:.3f} s/iter, the "
+                f"{planned} iterations fit"
+            )
+            return
+        logger.warning(
+            f"Time budget {self.budget_s / 60:.1f} min: {per_iter:.3f} s/iter, so the schedule "
+            f"is scaled from {planned} to {fit} iterations (lr milestones by the same factor, "
+            f"{fit / planned:.2f})"
+        )
+        self.set_max_iter(fit)
+
+    def set_max_iter(self, max_iter):
+        """End the run at ``max_iter``: the loop, the lr schedule, the final checkpoint, the ETA."""
+        trainer = self.trainer
+        trainer.max_iter = max_iter
+        scheduler = getattr(trainer, "scheduler", None)
+        if scheduler is not None and hasattr(scheduler, "_max_iter"):  # LRMultiplier
+            scheduler._max_iter = max_iter
+        for h in trainer._hooks:
+            if isinstance(h, d2_hooks.PeriodicCheckpointer):
+                h.max_iter = max_iter
+            if isinstance(h, d2_hooks.PeriodicWriter):
+                for w in h._writers:
+                    if isinstance(w, CommonMetricPrinter):
+                        w._max_iter = max_iter
+        self.fitted_max_iter = max_iter
+        trainer.storage.put_scalar("time_budget_max_iter", max_iter, smoothing_hint=False)
+
+
+def run_training_loop(trainer, start_iter):
+    """``TrainerBase.train``'s loop, ending at ``trainer.max_iter`` as it is after each step (a
+    :class:`TimeBudget` may move it); the hooks see what they see in Detectron2's loop."""
+    logger.info(f"Starting training from iteration {start_iter}")
+    trainer.iter = trainer.start_iter = start_iter
+    with EventStorage(start_iter) as trainer.storage:
+        try:
+            trainer.before_train()
+            while trainer.iter < trainer.max_iter:
+                trainer.before_step()
+                trainer.run_step()
+                trainer.after_step()
+                trainer.iter += 1
+        except Exception:
+            logger.exception("Exception during training:")
+            raise
+        finally:
+            trainer.after_train()

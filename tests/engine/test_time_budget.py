@@ -1,0 +1,89 @@
+"""SOLVER.TIME_BUDGET_MINUTES: a run too slow for its schedule gets the schedule scaled down."""
+
+import json
+
+import pytest
+import torch
+
+from detr_panoptic_d2.engine import DetrPanopticTrainer
+from detr_panoptic_d2.engine.time_budget import TimeBudget
+
+BASE_LR = 1e-3
+
+
+def _train(tiny, out, budget_minutes, max_iter, steps, clock=None):
+    cfg = tiny(
+        out,
+        max_iter=max_iter,
+        extra=[
+            "SOLVER.TIME_BUDGET_MINUTES",
+            budget_minutes,
+            "SOLVER.STEPS",
+            steps,
+            "SOLVER.BASE_LR",
+            BASE_LR,
+            "MODEL.DETR.DN.COPIES",
+            0,
+        ],
+    )
+    trainer = DetrPanopticTrainer(cfg)
+    (budget,) = [h for h in trainer._hooks if isinstance(h, TimeBudget)]
+    budget.first, budget.last = 2, 4  # measure early: the tiny model runs in milliseconds
+    if clock is not None:
+        budget.clock = clock
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    metrics = [json.loads(line) for line in open(out / "metrics.json")]
+    return trainer, budget, [m for m in metrics if "lr" in m]
+
+
+def test_budget_too_small_scales_the_schedule_and_saves_the_final_model(tiny, tmp_path):
+    # a clock that advances 1 s per reading: start 0, iteration 2 at 1 s, iteration 4 at 2 s, so
+    # 0.5 s per iteration; a 5 s budget leaves 3 s = 6 more iterations: 10 of the 40 planned
+    ticks = iter(range(1000))
+    trainer, budget, metrics = _train(
+        tiny, tmp_path, 5 / 60, max_iter=40, steps="(20,)", clock=lambda: next(ticks)
+    )
+    assert budget.fitted_max_iter == 10 and trainer.max_iter == 10
+    assert trainer.iter == 10  # as Detectron2's loop leaves it after the last iteration
+    assert trainer.scheduler._max_iter == 10
+    # the milestone at 20 of 40 iterations is now at 5 of 10: the last iteration ran at the
+    # dropped lr (in the configured schedule, iteration 9 would be at the base lr)
+    lrs = {m["iteration"]: m["lr"] for m in metrics}
+    assert max(lrs) == 9
+    assert lrs[9] == pytest.approx(BASE_LR * 0.1)
+    assert (tmp_path / "model_final.pth").is_file()
+    assert (tmp_path / "last_checkpoint").read_text().strip() == "model_final.pth"
+    state = torch.load(tmp_path / "model_final.pth", weights_only=False)
+    assert state["iteration"] == 9
+
+
+def test_budget_spent_ends_the_run_after_the_measurement(tiny, tmp_path):
+    trainer, budget, _ = _train(tiny, tmp_path, 1e-6, max_iter=40, steps="(20,)")
+    assert budget.fitted_max_iter == 4 and trainer.iter == 4
+    assert (tmp_path / "model_final.pth").is_file()
+
+
+def test_budget_large_enough_keeps_the_schedule(tiny, tmp_path):
+    trainer, budget, metrics = _train(tiny, tmp_path, 60.0, max_iter=8, steps="(6,)")
+    assert budget.fitted_max_iter is None
+    assert trainer.max_iter == 8 and trainer.iter == 8
+    assert trainer.scheduler._max_iter == 8
+    lrs = {m["iteration"]: m["lr"] for m in metrics}
+    assert max(lrs) == 7
+    assert lrs[7] == pytest.approx(BASE_LR * 0.1)
+    assert (tmp_path / "model_final.pth").is_file()
+
+
+def test_budget_off_is_detectron2s_loop(tiny, tmp_path):
+    cfg = tiny(tmp_path, max_iter=2, extra=["SOLVER.TIME_BUDGET_MINUTES", 0.0])
+    trainer = DetrPanopticTrainer(cfg)
+    assert not any(isinstance(h, TimeBudget) for h in trainer._hooks)
+
+
+def test_negative_budget_is_a_config_error(tiny, tmp_path):
+    from detectron2.modeling import build_model
+
+    cfg = tiny(tmp_path, extra=["SOLVER.TIME_BUDGET_MINUTES", -1.0])
+    with pytest.raises(ValueError, match="SOLVER.TIME_BUDGET_MINUTES"):
+        build_model(cfg)
