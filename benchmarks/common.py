@@ -107,7 +107,10 @@ class FlopCounter(TorchDispatchMode):
         kwargs = kwargs or {}
         count = flop_registry.get(func._overloadpacket)
         if count is None:
-            decomposed = func.decompose(*args, **kwargs)  # e.g. conv2d → convolution
+            # e.g. conv2d → convolution (under inference_mode conv2d reaches the mode whole);
+            # the mode is re-entered so that the decomposition's ops are counted
+            with self:
+                decomposed = func.decompose(*args, **kwargs)
             if decomposed is not NotImplemented:
                 return decomposed
         out = func(*args, **kwargs)

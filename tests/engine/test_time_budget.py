@@ -28,7 +28,7 @@ def _train(tiny, out, budget_minutes, max_iter, steps, clock=None):
     )
     trainer = DetrPanopticTrainer(cfg)
     (budget,) = [h for h in trainer._hooks if isinstance(h, TimeBudget)]
-    budget.first, budget.last = 2, 4  # measure early: the tiny model runs in milliseconds
+    budget.first, budget.last, budget.period = 2, 4, 1000  # the tiny model runs in milliseconds
     if clock is not None:
         budget.clock = clock
     trainer.resume_or_load(resume=False)
@@ -72,6 +72,28 @@ def test_budget_large_enough_keeps_the_schedule(tiny, tmp_path):
     lrs = {m["iteration"]: m["lr"] for m in metrics}
     assert max(lrs) == 7
     assert lrs[7] == pytest.approx(BASE_LR * 0.1)
+    assert (tmp_path / "model_final.pth").is_file()
+
+
+def test_budget_rechecked_when_the_machine_slows_down(tiny, tmp_path):
+    # 0.1 s per iteration until iteration 10, then 1 s: the first measurements fit all 30
+    # iterations in a 10 s budget, a later one (windows of 8 iterations) does not
+    cfg = tiny(
+        tmp_path,
+        max_iter=30,
+        extra=["SOLVER.TIME_BUDGET_MINUTES", 10 / 60, "MODEL.DETR.DN.COPIES", 0],
+    )
+    trainer = DetrPanopticTrainer(cfg)
+    (budget,) = [h for h in trainer._hooks if isinstance(h, TimeBudget)]
+    budget.first, budget.last, budget.period = 2, 4, 8
+    budget.clock = lambda: sum(0.1 if i < 10 else 1.0 for i in range(trainer.iter + 1))
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    # the clock reads the end of the current iteration: 0.1 s at the start (iteration 0).
+    # done 4: 0.1 s/iter, 9.7 s left, fits; done 12: (3.0 - 0.4) / 8 = 0.325 s/iter, 7.1 s left,
+    # 12 + 21 = 33 >= 30 still fits; done 20: (11.0 - 3.0) / 8 = 1 s/iter, budget spent: end at 20
+    assert budget.fitted_max_iter == 20
+    assert trainer.iter == 20 and trainer.scheduler._max_iter == 20
     assert (tmp_path / "model_final.pth").is_file()
 
 
