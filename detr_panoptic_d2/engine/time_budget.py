@@ -3,7 +3,7 @@
 The schedule (``SOLVER.MAX_ITER``, ``SOLVER.STEPS``, warmup) is what a run does on a machine fast
 enough for it. On a slower one, :class:`TimeBudget` measures the seconds per iteration (early in
 training, then every hundred iterations) and, if the rest of the schedule would not fit the budget,
-scales the whole schedule down to the iterations that fit: ``max_iter`` and every lr milestone by
+scales the whole schedule to the iterations that fit: ``max_iter`` and every lr milestone by
 the same factor (Detectron2's ``LRMultiplier`` reads its schedule as a fraction of ``max_iter``),
 the final checkpoint and the end-of-training evaluation at the new end. A fast machine runs the
 configured schedule unchanged.
@@ -21,32 +21,37 @@ logger = logging.getLogger(__name__)
 
 
 class TimeBudget(HookBase):
-    """Scale the schedule down so that the training loop ends within ``budget_s`` seconds.
+    """Scale the schedule so that the training loop ends within ``budget_s`` seconds.
 
     Seconds per iteration are measured over iterations ``first`` to ``last`` (counted from the
     run's first iteration; the first ones, slower, are left out), then again over every ``period``
-    iterations after that, so that a machine that slows down later is caught too. At each
-    measurement the end becomes the iterations that fit in the time left at the last window's
-    speed, if that is earlier than the current end: the schedule only ever shrinks, so an lr drop
-    already passed is never undone. Every process takes the slowest measurement, so all agree on
-    the end. The budget counts the training loop only (from the first iteration), not building the
-    model or the evaluation after it.
+    iterations after that, so that a machine whose speed changes is followed. At each measurement
+    the end becomes the iterations that fit in the time left at the last window's speed, never
+    more than the configured ``MAX_ITER``. Until the first lr drop (``first_drop``: its place as a
+    fraction of ``max_iter``, ``SOLVER.STEPS[0] / SOLVER.MAX_ITER``) the end may move both ways, so
+    a passing slowdown is made up for; after it, the end only moves earlier, so an lr drop already
+    passed is never undone. Every process takes the slowest measurement, so all agree on the end.
+    The budget counts the training loop only (from the first iteration), not building the model or
+    the evaluation after it.
     """
 
-    def __init__(self, budget_s, first=20, last=60, period=100):
+    def __init__(self, budget_s, first_drop=None, first=20, last=60, period=100):
         if budget_s <= 0:
             raise ValueError(f"SOLVER.TIME_BUDGET_MINUTES must be > 0, got {budget_s / 60}")
         self.budget_s = budget_s
+        self.first_drop = first_drop
         self.first, self.last, self.period = first, last, period
-        self.fitted_max_iter = None  # set when the schedule was scaled down
+        self.fitted_max_iter = None  # set when the schedule was rescaled
         self.clock = time.perf_counter
 
     def before_train(self):
         self._start = self.clock()
         self._mark = None  # (iterations done, time) at the start of the current window
+        self._planned = self.trainer.max_iter
 
     def after_step(self):
-        done = self.trainer.iter + 1 - self.trainer.start_iter  # iterations run so far
+        trainer = self.trainer
+        done = trainer.iter + 1 - trainer.start_iter  # iterations run so far
         if done == self.first:
             self._mark = (done, self.clock())
         if self._mark is None or done < self.last or (done - self.last) % self.period:
@@ -55,19 +60,21 @@ class TimeBudget(HookBase):
         per_iter = max(comm.all_gather((now - self._mark[1]) / (done - self._mark[0])))
         self._mark = (done, now)
         left = self.budget_s - (now - self._start)
-        fit = self.trainer.iter + 1 + max(0, int(left / per_iter))
-        planned = self.trainer.max_iter
-        if fit >= planned:
+        fit = min(self._planned, trainer.iter + 1 + max(0, int(left / per_iter)))
+        current = trainer.max_iter
+        if self.first_drop is not None and trainer.iter + 1 >= self.first_drop * current:
+            fit = min(fit, current)  # past the first lr drop: only earlier
+        if fit == current:
             if done == self.last:
                 logger.info(
                     f"Time budget {self.budget_s / 60:.1f} min: {per_iter:.3f} s/iter, the "
-                    f"{planned} iterations fit"
+                    f"{current} iterations fit"
                 )
             return
         logger.warning(
             f"Time budget {self.budget_s / 60:.1f} min: {per_iter:.3f} s/iter at iteration "
-            f"{self.trainer.iter}, so the schedule is scaled from {planned} to {fit} iterations "
-            f"(lr milestones by the same factor, {fit / planned:.2f})"
+            f"{trainer.iter}, so the schedule is scaled from {current} to {fit} iterations "
+            f"({fit / self._planned:.2f} of the configured {self._planned}, lr milestones alike)"
         )
         self.set_max_iter(fit)
 

@@ -88,7 +88,9 @@ class DetrPanopticTrainer(DefaultTrainer):
         hooks = super().build_hooks()
         if self.cfg.SOLVER.TIME_BUDGET_MINUTES > 0:
             # first: the lr scheduler and the checkpointer see a new end in the same step
-            hooks.insert(0, TimeBudget(self.cfg.SOLVER.TIME_BUDGET_MINUTES * 60))
+            solver = self.cfg.SOLVER
+            first_drop = min(solver.STEPS) / solver.MAX_ITER if solver.STEPS else None
+            hooks.insert(0, TimeBudget(solver.TIME_BUDGET_MINUTES * 60, first_drop))
         return hooks
 
     def train(self):

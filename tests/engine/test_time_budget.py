@@ -97,6 +97,49 @@ def test_budget_rechecked_when_the_machine_slows_down(tiny, tmp_path):
     assert (tmp_path / "model_final.pth").is_file()
 
 
+def _slow_then_fast(tiny, tmp_path, steps):
+    """1 s per iteration until iteration 8, then 0.1 s; a 12 s budget, 40 iterations planned;
+    measured over iterations 2-4, then every 4."""
+    cfg = tiny(
+        tmp_path,
+        max_iter=40,
+        extra=[
+            "SOLVER.TIME_BUDGET_MINUTES",
+            12 / 60,
+            "SOLVER.STEPS",
+            steps,
+            "MODEL.DETR.DN.COPIES",
+            0,
+        ],
+    )
+    trainer = DetrPanopticTrainer(cfg)
+    (budget,) = [h for h in trainer._hooks if isinstance(h, TimeBudget)]
+    budget.first, budget.last, budget.period = 2, 4, 4
+    budget.clock = lambda: sum(1.0 if i < 8 else 0.1 for i in range(trainer.iter + 1))
+    ends = []
+    set_max_iter = budget.set_max_iter
+    budget.set_max_iter = lambda n: (ends.append(n), set_max_iter(n))
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    return trainer, ends
+
+
+def test_budget_grows_back_before_the_first_lr_drop(tiny, tmp_path):
+    # done 4: 1 s/iter, 9 s left: end 13. done 12: 0.1 s/iter, 4.6 s left: 58, capped at the
+    # configured 40; the drop (39 of 40: at 12.7 of 13) is still ahead, so the end moves back
+    trainer, ends = _slow_then_fast(tiny, tmp_path, "(39,)")
+    assert ends == [13, 40]
+    assert trainer.iter == 40 and trainer.scheduler._max_iter == 40
+
+
+def test_budget_never_grows_after_the_first_lr_drop(tiny, tmp_path):
+    # the same, but the drop (30 of 40: at 9.75 of 13) is behind at done 12: the end stays 13
+    trainer, ends = _slow_then_fast(tiny, tmp_path, "(30,)")
+    assert ends == [13]
+    assert trainer.iter == 13 and trainer.scheduler._max_iter == 13
+    assert (tmp_path / "model_final.pth").is_file()
+
+
 def test_budget_off_is_detectron2s_loop(tiny, tmp_path):
     cfg = tiny(tmp_path, max_iter=2, extra=["SOLVER.TIME_BUDGET_MINUTES", 0.0])
     trainer = DetrPanopticTrainer(cfg)
