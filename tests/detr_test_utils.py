@@ -2,6 +2,7 @@
 directories are collected together): a tiny DETR config (ResNet-18, hidden 128, 1 enc / 2 dec
 layers, 10 queries, 5 classes) and synthetic Detectron2 inputs."""
 
+import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
@@ -75,3 +76,13 @@ def make_input(h, w, n, seed=0, with_masks=True, **extra):
     if with_masks:
         inst.gt_masks = BitMasks(masks)
     return {"image": img, "instances": inst, "height": h, "width": w, **extra}
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny models run faster on one thread, and much faster when the cores are shared. Autouse in
+    the folders whose conftest imports it."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

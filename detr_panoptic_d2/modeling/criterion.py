@@ -127,6 +127,11 @@ class SetCriterion(nn.Module):
         idx = self.matched_query_index(indices)
         src_boxes = outputs["pred_boxes"][idx]
         target_boxes = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)], dim=0)
+        return self.box_losses(src_boxes, target_boxes, num_boxes)
+
+    @staticmethod
+    def box_losses(src_boxes, target_boxes, num_boxes):
+        """L1 and GIoU losses of paired (K, 4) normalized cxcywh boxes, summed / num_boxes."""
         loss_bbox = F.l1_loss(src_boxes, target_boxes, reduction="none").sum() / num_boxes
         giou = torch.diag(
             generalized_box_iou(cxcywh_to_xyxy(src_boxes), cxcywh_to_xyxy(target_boxes))
@@ -216,9 +221,7 @@ class SetCriterion(nn.Module):
         src = layer["pred_boxes"][b, s]
         labels, boxes = labels.to(logits.device), boxes.to(src)
         out = {"loss_ce_dn": F.cross_entropy(logits, labels, self.empty_weight)}
-        out["loss_bbox_dn"] = F.l1_loss(src, boxes, reduction="none").sum() / num_dn
-        giou = torch.diag(generalized_box_iou(cxcywh_to_xyxy(src), cxcywh_to_xyxy(boxes)))
-        out["loss_giou_dn"] = (1 - giou).sum() / num_dn
+        out.update({f"{k}_dn": v for k, v in self.box_losses(src, boxes, num_dn).items()})
         return out
 
     def _denoising_losses(self, dn, targets, num_boxes, metrics):

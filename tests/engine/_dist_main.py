@@ -6,16 +6,6 @@ import os
 import torch
 
 
-def _load_conftest():
-    import importlib.util
-
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conftest.py")
-    spec = importlib.util.spec_from_file_location("_engine_conftest", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def train_main(out_dir, toy_root, max_iter):
     """Build the tiny stage-1 trainer in this worker, train, and write ``rank_<r>.json`` (rank,
     world size, last iteration reached, whether the model was wrapped in DDP, sum of the parameters)
@@ -25,8 +15,9 @@ def train_main(out_dir, toy_root, max_iter):
     from detr_panoptic_d2.engine import DetrPanopticTrainer
 
     torch.set_num_threads(1)
-    conftest = _load_conftest()
-    cfg = conftest.tiny_cfg(out_dir, max_iter=max_iter, toy_root=toy_root)
+    from tiny_toy import tiny_cfg
+
+    cfg = tiny_cfg(out_dir, max_iter=max_iter, toy_root=toy_root)
     trainer = DetrPanopticTrainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()

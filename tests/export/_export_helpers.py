@@ -1,29 +1,14 @@
 """Helpers of the export tests (a uniquely named module: ``conftest`` is ambiguous between test
 folders): the tiny toy stage-2 config and a model whose queries pass the threshold."""
 
-import importlib.util
-import os
-
+import tiny_toy
 import torch
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _engine():
-    path = os.path.join(REPO, "tests", "engine", "conftest.py")
-    spec = importlib.util.spec_from_file_location("_engine_conftest_for_export", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ENGINE = _engine()
 
 
 def export_cfg(out_dir, toy_root, merge="detr", threshold=0.85, extra=()):
     """The tiny toy stage-2 config (ResNet-18, 8 queries, 64-96 px test size) with the given
     merge."""
-    return ENGINE.tiny_cfg(
+    return tiny_toy.tiny_cfg(
         out_dir,
         stage=2,
         toy_root=toy_root,

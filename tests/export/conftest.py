@@ -4,16 +4,14 @@ format."""
 
 import pytest
 import torch
-from _export_helpers import ENGINE, export_cfg, segment_model
+from _export_helpers import export_cfg, segment_model
+from detr_test_utils import single_thread  # noqa: F401  (autouse: one thread)
+from tiny_toy import generate_tiny_toy
 
 
 @pytest.fixture(scope="session")
 def export_toy_root(tmp_path_factory):
-    from detr_panoptic_d2.data.toy_dataset import generate_toy_panoptic
-
-    root = tmp_path_factory.mktemp("export_toy")
-    generate_toy_panoptic(root, ENGINE.TOY_NUM_TRAIN, ENGINE.TOY_NUM_VAL, ENGINE.TOY_IMAGE_SIZE)
-    return str(root)
+    return generate_tiny_toy(tmp_path_factory.mktemp("export_toy"))
 
 
 @pytest.fixture(scope="session")
@@ -39,12 +37,3 @@ def exported(tmp_path_factory, export_toy_root):
     finally:
         torch.set_num_threads(n)
     return res
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny models run faster on one thread, and much faster when the cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from _export_helpers import REPO
+from tiny_toy import REPO
 
 
 @pytest.mark.slow

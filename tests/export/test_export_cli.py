@@ -9,9 +9,11 @@ import sys
 
 import numpy as np
 import pytest
+import tiny_toy
 import torch
-from _export_helpers import ENGINE, REPO, export_cfg
+from _export_helpers import export_cfg
 from PIL import Image
+from tiny_toy import REPO
 
 from detr_panoptic_runtime import ExportedPanopticModel, rgb2id
 
@@ -109,7 +111,7 @@ def test_export_then_run_as_a_user(tmp_path, export_toy_root):
     cfg = export_cfg(str(tmp_path), export_toy_root)
     model = segment_model(cfg, seed=3)
     DetectionCheckpointer(model, save_dir=str(tmp_path)).save("weights")
-    opts = ENGINE.tiny_opts(str(tmp_path), toy_root=export_toy_root)
+    opts = tiny_toy.tiny_opts(str(tmp_path), toy_root=export_toy_root)
     opts += ["MODEL.WEIGHTS", str(tmp_path / "weights.pth")]
     opts += [
         "MODEL.DETR.TEST.PANOPTIC_MERGE",
@@ -121,7 +123,7 @@ def test_export_then_run_as_a_user(tmp_path, export_toy_root):
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
     for fmt in ("onnx", "torchscript"):
         cmd = [sys.executable, os.path.join(REPO, "tools", "export_model.py")]
-        cmd += ["--config-file", ENGINE.STAGE2, "--format", fmt, "--output", tmp_path / fmt]
+        cmd += ["--config-file", tiny_toy.STAGE2, "--format", fmt, "--output", tmp_path / fmt]
         cmd += ["--sample-image", os.path.join(folder, names[0]), *opts]
         res = subprocess.run(
             [str(c) for c in cmd],

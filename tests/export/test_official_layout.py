@@ -15,10 +15,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from _export_helpers import REPO
 from PIL import Image
 from test_export import as_torch, eager_graph_outputs
 from test_export_cli import BLOCK_ALWAYS, run_blocked
+from tiny_toy import REPO
 
 from detr_panoptic_runtime import ExportedPanopticModel, rgb2id
 

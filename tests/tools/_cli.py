@@ -1,24 +1,11 @@
 """Helpers of the command-line tests: run tools/*.py as subprocesses on the tiny toy config.
 (A uniquely named module: ``conftest`` is ambiguous between test folders.)"""
 
-import importlib.util
 import os
 import subprocess
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _engine_conftest():
-    path = os.path.join(REPO, "tests", "engine", "conftest.py")
-    spec = importlib.util.spec_from_file_location("_engine_conftest_for_tools", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ENGINE = _engine_conftest()
-STAGE1, STAGE2, tiny_opts = ENGINE.STAGE1, ENGINE.STAGE2, ENGINE.tiny_opts
+from tiny_toy import REPO, STAGE1, STAGE2, tiny_opts  # noqa: F401  (used by the CLI tests)
 
 
 def run_tool(script, *args, timeout=300):

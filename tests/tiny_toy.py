@@ -1,0 +1,101 @@
+"""The project's toy configs made tiny and CPU-cheap, for the engine, tools and export tests and
+the workers they spawn (a plain module on the tests' path; the fixtures are in
+tests/engine/conftest.py)."""
+
+import os
+
+from detectron2.config import get_cfg
+
+from detr_panoptic_d2 import add_detr_panoptic_config
+from detr_panoptic_d2.data import register_datasets_from_cfg
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STAGE1 = os.path.join(REPO, "configs", "toy", "detr_R18_toy_stage1.yaml")
+STAGE2 = os.path.join(REPO, "configs", "toy", "detr_R18_toy_stage2.yaml")
+TOY_NUM_TRAIN, TOY_NUM_VAL, TOY_IMAGE_SIZE = 8, 4, (64, 96)
+
+
+def tiny_opts(out_dir, max_iter=2, toy_root=None):
+    """Config overrides (KEY VALUE list) that make the toy recipe tiny and fast on CPU.
+
+    HIDDEN_DIM and NHEADS stay at the toy values (128, 8): DetrMaskHead's GroupNorm needs them."""
+    toy_root = toy_root or os.path.join(str(out_dir), "toy")
+    return [
+        "MODEL.DEVICE",
+        "cpu",
+        "MODEL.DETR.ENC_LAYERS",
+        "1",
+        "MODEL.DETR.DEC_LAYERS",
+        "1",
+        "MODEL.DETR.NUM_OBJECT_QUERIES",
+        "8",
+        "MODEL.DETR.DIM_FEEDFORWARD",
+        "128",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "SOLVER.MAX_ITER",
+        str(max_iter),
+        "SOLVER.STEPS",
+        "()",
+        "SOLVER.WARMUP_ITERS",
+        "0",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "100000",
+        "INPUT.MIN_SIZE_TRAIN",
+        "(64,)",
+        "INPUT.MAX_SIZE_TRAIN",
+        "96",
+        "INPUT.MIN_SIZE_TEST",
+        "64",
+        "INPUT.MAX_SIZE_TEST",
+        "96",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "DATASETS.TOY.ROOT",
+        str(toy_root),
+        "DATASETS.TOY.NUM_TRAIN",
+        str(TOY_NUM_TRAIN),
+        "DATASETS.TOY.NUM_VAL",
+        str(TOY_NUM_VAL),
+        "DATASETS.TOY.IMAGE_SIZE",
+        str(TOY_IMAGE_SIZE),
+        "TEST.EVAL_PERIOD",
+        "0",
+        "OUTPUT_DIR",
+        str(out_dir),
+    ]
+
+
+def tiny_cfg(out_dir, stage=1, max_iter=2, extra=(), toy_root=None, freeze=True):
+    """The toy stage-1 (or stage-2) config made tiny; ``extra``: more KEY VALUE overrides."""
+    cfg = get_cfg()
+    add_detr_panoptic_config(cfg)
+    cfg.merge_from_file(STAGE1 if stage == 1 else STAGE2)
+    cfg.merge_from_list(tiny_opts(out_dir, max_iter, toy_root) + [str(x) for x in extra])
+    if freeze:
+        cfg.freeze()
+    register_datasets_from_cfg(cfg)  # as tools/train_net.py's set-up does
+    return cfg
+
+
+def unregister_toy():
+    """Forget the toy split names: ``register_toy_panoptic`` skips names already registered, so a
+    test must not inherit a registration made for another DATASETS.TOY.ROOT."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from detr_panoptic_d2.data.toy_dataset import TOY_DATASET_NAMES
+
+    for name in TOY_DATASET_NAMES:
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+
+
+def generate_tiny_toy(root):
+    """Generate the small toy set the tiny configs expect at ``root``; returns ``root`` as str."""
+    from detr_panoptic_d2.data.toy_dataset import generate_toy_panoptic
+
+    generate_toy_panoptic(
+        root, num_train=TOY_NUM_TRAIN, num_val=TOY_NUM_VAL, image_size=TOY_IMAGE_SIZE
+    )
+    return str(root)
