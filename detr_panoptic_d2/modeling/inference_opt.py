@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from detectron2.layers import FrozenBatchNorm2d
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 logger = logging.getLogger(__name__)
 
@@ -83,20 +84,30 @@ def foldable_norm(norm):
 
 def fold_conv_norm(conv, dtype=torch.float32, memory_format=torch.channels_last):
     """(weight, bias) of ``conv`` (a Detectron2 ``Conv2d``) with its foldable ``norm`` folded in,
-    computed in float64 and returned in ``dtype`` (weight in ``memory_format``). Without a norm: the
-    conv's own."""
-    w = conv.weight.detach().double()
-    b = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(w[:, 0, 0, 0])
+    computed in float64 (``torch.nn.utils.fusion.fuse_conv_bn_weights``) and returned in ``dtype``
+    (weight in ``memory_format``). Without a norm: the conv's own."""
+
+    def f64(t):
+        return None if t is None else t.detach().double()
+
+    w, b = f64(conv.weight), f64(conv.bias)
     norm = getattr(conv, "norm", None)
     if norm is not None:
         if not foldable_norm(norm):
             raise ValueError(f"cannot fold {type(norm).__name__} into a convolution")
-        gamma = norm.weight.detach().double() if norm.weight is not None else 1.0
-        beta = norm.bias.detach().double() if norm.bias is not None else 0.0
-        scale = gamma * (norm.running_var.detach().double() + norm.eps).rsqrt()
-        w = w * scale.reshape(-1, 1, 1, 1)
-        b = beta + (b - norm.running_mean.detach().double()) * scale
-    w = w.to(dtype)
+        w, b = fuse_conv_bn_weights(
+            w,
+            b,
+            f64(norm.running_mean),
+            f64(norm.running_var),
+            norm.eps,
+            f64(norm.weight),
+            f64(norm.bias),
+        )
+    if b is None:
+        b = torch.zeros_like(w[:, 0, 0, 0])
+    w = w.detach().to(dtype)
+    b = b.detach()
     if w.dim() == 4:
         w = w.contiguous(memory_format=memory_format)
     return w, b.to(dtype)
