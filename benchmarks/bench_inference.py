@@ -12,15 +12,17 @@ original's model with random weights, its BatchNorm statistics and norms randomi
 head made query-specific, converted by the plugin's converter and loaded into the plugin (without
 --reference-repo: the plugin's own random weights); a hook on both class heads makes the first
 --kept queries predict fixed classes, things and stuff, with probability ~1 (random weights keep
-none), the others no-object. The plugin runs at each --precision (MODEL.DETR.TEST.PRECISION); the
-original runs as it is (float32).
+none), the others no-object; a hook on both decoders gives each query its own fixed shift
+(compare_original.distinct_queries: random decoders make all queries' masks nearly equal, and the
+argmax a matter of float rounding). The plugin runs at each --precision
+(MODEL.DETR.TEST.PRECISION); the original runs as it is (float32).
 
 Latency: median of --repeat runs after 2 warm-up runs. GFLOP: matmul and convolution FLOPs of one
 run (benchmarks/common.py FlopCounter), GFLOP/s = GFLOP / latency, beside the machine's measured
 peak in the same run (a 3x3 convolution and a matmul probe per dtype). Memory: peak resident set of
 a fresh process per measurement (CUDA: torch.cuda.max_memory_allocated). Agreement: share of pixels
 whose panoptic segment corresponds (compare_original.panoptic_agreement), plugin vs original, and
-each precision vs the plugin's fp32; on random weights a lower bound (see compare_original.py).
+each precision vs the plugin's fp32.
 """
 
 import argparse
@@ -41,7 +43,13 @@ from common import (
     peak_rss_gb,
     timed,
 )
-from compare_original import force_classes, panoptic_agreement, randomize_, test_image
+from compare_original import (
+    distinct_queries,
+    force_classes,
+    panoptic_agreement,
+    randomize_,
+    test_image,
+)
 from reference import reference_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -88,6 +96,7 @@ def measure_original(size, args, weights_out, result_out):
     state, _ = convert_detr_state_dict(original.model.state_dict(), "coco_panoptic")
     torch.save({k: v.cpu() for k, v in state.items()}, weights_out)
     force_classes(original.class_embed, forced_dataset_ids(args.kept))
+    distinct_queries(original.model.detr.transformer, args.query_spread)
     image = test_image(*size).to(args.device)
 
     def run():
@@ -117,6 +126,7 @@ def measure_plugin(size, precision, args, weights, result_out):
     id_map = contiguous_id_map("coco_panoptic")
     to_coco = {v: k for k, v in id_map.items()}
     force_classes(model.detr.class_embed, [id_map[d] for d in forced_dataset_ids(args.kept)])
+    distinct_queries(model.detr.transformer, args.query_spread)
     h, w = size
     inputs = [{"image": test_image(h, w).to(args.device), "height": h, "width": w}]
 
@@ -194,6 +204,8 @@ def run_child(kind, size, precision, args, weights, result_out):
         str(args.repeat),
         "--result-out",
         result_out,
+        "--query-spread",
+        str(args.query_spread),
     ]
     if weights:
         cmd += ["--weights", weights]
@@ -231,6 +243,13 @@ def main():
         "--breakdown",
         action="store_true",
         help="also time the parts: backbone, transformer + heads, mask head, post-processing",
+    )
+    p.add_argument(
+        "--query-spread",
+        type=float,
+        default=2.0,
+        help="per-query shift of the decoder output, as compare_original.py (0: near-identical "
+        "queries, the argmax decided by float rounding)",
     )
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--weights", default=None, help=argparse.SUPPRESS)

@@ -1,15 +1,18 @@
 #!/usr/bin/env python
 """Panoptic post-processing time vs. number of kept queries (mask upsampling + merge), at 800x1333.
 
-The total is upsampling + DETR's merge (the default); MaskFormer's merge (PANOPTIC_MERGE:
-"maskformer") is timed beside it.
+"upsample + merge": the masks upsampled to the image (Q, H, W), then DETR's merge (the default);
+"stride-4 merge": DETR's merge reading the stride-4 logits (``upsample=``: the argmax in cache-sized
+row slabs, what the eager model runs); MaskFormer's merge (PANOPTIC_MERGE: "maskformer") of the
+upsampled masks beside them.
 
     python benchmarks/bench_postprocess.py [--threads 2] [--device cpu] [--size 800 1333]
         [--with-model]
 
 Random mask logits (the worst case: many small fragments for the small-segment filter). With
 --with-model, the R-50 model's own time for the same number of queries (backbone, transformer and
-mask head, the rest of inference) is measured too, and post-processing is printed as a share of it.
+mask head, the rest of inference) is measured too, and the stride-4 merge is printed as a share of
+it.
 """
 
 import argparse
@@ -36,8 +39,8 @@ def main():
     print(machine_line(args.device))
     model = build_eval_model(build_cfg(device=args.device)) if args.with_model else None
     header = (
-        f"{'kept':>5} | {'upsample ms':>11} | {'merge ms':>8} | {'total ms':>8} | "
-        f"{'maskformer merge ms':>19}"
+        f"{'kept':>5} | {'upsample ms':>11} | {'merge ms':>8} | {'upsample + merge ms':>19} | "
+        f"{'stride-4 merge ms':>17} | {'maskformer merge ms':>19}"
     )
     print(header + (f" | {'model ms':>8} | {'share':>6}" if model is not None else ""))
     for k in args.kept:
@@ -50,13 +53,18 @@ def main():
             up = upsample_masks(logits, (hm * 4, wm * 4), (h, w))
             t_merge, _ = timed(lambda: panoptic_merge(up, classes, scores, is_thing, (h, w)))
             t_mf, _ = timed(lambda: maskformer_merge(up, classes, scores, is_thing, (h, w)))
+            t_s4, _ = timed(
+                lambda: panoptic_merge(
+                    logits, classes, scores, is_thing, (h, w), upsample=((hm * 4, wm * 4), (h, w))
+                )
+            )
         row = (
             f"{k:>5} | {t_up * 1e3:>11.1f} | {t_merge * 1e3:>8.1f} | "
-            f"{(t_up + t_merge) * 1e3:>8.1f} | {t_mf * 1e3:>19.1f}"
+            f"{(t_up + t_merge) * 1e3:>19.1f} | {t_s4 * 1e3:>17.1f} | {t_mf * 1e3:>19.1f}"
         )
         if model is not None:
             t_model = model_time(model, h, w, k, args.device)
-            row += f" | {t_model * 1e3:>8.0f} | {100 * (t_up + t_merge) / t_model:>5.1f}%"
+            row += f" | {t_model * 1e3:>8.0f} | {100 * t_s4 / t_model:>5.1f}%"
         print(row, flush=True)
 
 

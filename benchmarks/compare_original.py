@@ -40,11 +40,10 @@ VARIANTS = {
 def randomize_(model, seed=1):
     """Frozen BatchNorm statistics, norm weights and biases to random values (all else keeps its
     init), and the mask head made query-specific (attention maps weighted up, sharper attention,
-    backbone adapters weighted down): at initialization every query gets nearly the same mask and
-    the panoptic argmax falls on float noise. Even so, on ~5 % of the pixels the two best masks stay
-    within 1e-4 of each other (a trained model's differ by whole logits), so the end-to-end
-    agreement is a lower bound; "merge agreement" feeds the original's own raw outputs to the
-    plugin's post-processing."""
+    backbone adapters weighted down). With the decoder's queries left as initialized they still get
+    nearly the same masks (half the pixels have their two best within 1.4e-4), so float rounding
+    decides the argmax: the original disagrees with itself on 0.23 % of the pixels between 1 and 2
+    threads. ``distinct_queries`` gives each query its own decoder output, as training does."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, t in model.state_dict().items():
@@ -64,9 +63,7 @@ def randomize_(model, seed=1):
             model.mask_head.adapter2,
             model.mask_head.adapter3,
         ):
-            adapter.weight *= (
-                1e-3  # the backbone's random activations would swamp the query-specific part
-            )
+            adapter.weight *= 1e-3  # else the backbone's random activations swamp the rest
 
 
 def force_classes(class_embed, rows):
@@ -81,6 +78,23 @@ def force_classes(class_embed, rows):
         return out + 0.0 * output
 
     return class_embed.register_forward_hook(hook)
+
+
+def distinct_queries(transformer, scale=2.0, seed=2):
+    """Forward hook: the decoder output of query i (every layer) shifted by a fixed random vector
+    (seeded, ``scale`` x standard normal per channel), the same in both models. A trained decoder
+    gives each query its own embedding; a randomly initialized one gives all queries nearly the
+    same, so their masks differ by ~1e-4 over most pixels and the panoptic argmax is decided by
+    float rounding (the original then disagrees with itself at another thread count). 0: no
+    shift."""
+
+    def hook(module, inputs, output):
+        hs, memory = output  # (L, B, N, C), (B, C, h, w)
+        g = torch.Generator().manual_seed(seed)
+        shift = torch.randn(hs.shape[2], hs.shape[3], generator=g) * scale
+        return hs + shift.to(device=hs.device, dtype=hs.dtype), memory
+
+    return transformer.register_forward_hook(hook)
 
 
 def test_image(h, w, seed=0):
@@ -115,8 +129,10 @@ def panoptic_agreement(ids_a, cats_a, ids_b, cats_b):
     return agree / ids_a.size
 
 
-def compare(variant, size, kept, precision="fp32"):
-    """One variant: returns a dict of max |differences| and the panoptic agreement."""
+def compare(variant, size, kept, precision="fp32", query_spread=2.0):
+    """One variant: returns a dict of max |differences| and the panoptic agreements (plugin vs
+    original; the original vs itself at another thread count, the float-rounding floor; the
+    original's raw outputs through the plugin's post-processing)."""
     import detectron2.data.datasets  # noqa: F401  (builtin COCO panoptic metadata: the thing/stuff split)
     from detectron2.modeling import build_model
     from panopticapi.utils import rgb2id
@@ -133,6 +149,8 @@ def compare(variant, size, kept, precision="fp32"):
     randomize_(original.model)
     plugin = build_model(cfg).eval()
     original.copy_weights_to(plugin)
+    decoders = (original.model.detr.transformer, plugin.detr.transformer)
+    hooks = [distinct_queries(t, query_spread) for t in decoders]
     h, w = size
     image = test_image(h, w)
     id_map = contiguous_id_map("coco_panoptic")
@@ -154,14 +172,18 @@ def compare(variant, size, kept, precision="fp32"):
     dataset_ids = [
         (things if i % 3 else stuff)[(i * 7) % len(things if i % 3 else stuff)] for i in range(kept)
     ]
-    hooks = [
+    hooks += [
         force_classes(original.class_embed, dataset_ids),
         force_classes(plugin.detr.class_embed, [id_map[d] for d in dataset_ids]),
     ]
+    threads = torch.get_num_threads()
     with torch.no_grad():
         (ref_pan,) = original(image)
         (res,) = plugin([{"image": image, "height": h, "width": w}])
         raw = original.model([(image / 255.0 - original.mean) / original.std])
+        torch.set_num_threads(1 if threads > 1 else 2)
+        (self_pan,) = original(image)
+        torch.set_num_threads(threads)
     for hook in hooks:
         hook.remove()
     ref_ids = rgb2id(np.asarray(Image.open(io.BytesIO(ref_pan["png_string"])).convert("RGB")))
@@ -171,6 +193,9 @@ def compare(variant, size, kept, precision="fp32"):
     # the original's first segment has id 0, which it also leaves for void pixels: tell them apart
     # by category
     result["segments"] = (len(ref_pan["segments_info"]), len(info))
+    self_ids = rgb2id(np.asarray(Image.open(io.BytesIO(self_pan["png_string"])).convert("RGB")))
+    self_cats = {s["id"]: s["category_id"] for s in self_pan["segments_info"]}
+    result["self_agreement"] = panoptic_agreement(ref_ids, ref_cats, self_ids, self_cats)
     result["agreement"] = panoptic_agreement(ref_ids, ref_cats, ids.numpy(), {0: -1, **cats})
     # the original's raw outputs through the plugin's post-processing: the merge alone
     logits = raw["pred_logits"][0][:, order]
@@ -192,6 +217,13 @@ def main():
     p.add_argument("--kept", type=int, default=30)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument(
+        "--query-spread",
+        type=float,
+        default=2.0,
+        help="scale of the fixed per-query shift of the decoder output (distinct_queries); 0: "
+        "the random init's near-identical queries, where float rounding decides the argmax",
+    )
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if not args.child:  # import the original in a child process whose PYTHONPATH holds the checkout
@@ -201,18 +233,21 @@ def main():
     print(machine_line())
     print(
         f"{args.size[0]}x{args.size[1]} image, {args.kept} forced queries, plugin in "
-        f"{args.precision}; max |plugin - original|"
+        f"{args.precision}, query spread {args.query_spread}; max |plugin - original|; "
+        "agreements: plugin vs original, original vs itself at another thread count (the rounding "
+        "floor), the original's raw outputs through the plugin's post-processing"
     )
     print(
         f"{'variant':>8} | {'logits':>8} | {'boxes':>8} | {'masks':>8} | {'segments':>9} | "
-        f"{'panoptic agreement':>18} | {'merge agreement':>15}"
+        f"{'panoptic agreement':>18} | {'orig. vs itself':>15} | {'merge agreement':>15}"
     )
     for variant in args.variant:
-        r = compare(variant, args.size, args.kept, args.precision)
+        r = compare(variant, args.size, args.kept, args.precision, args.query_spread)
         seg = f"{r['segments'][0]}/{r['segments'][1]}"
         print(
             f"{variant:>8} | {r['logits']:>8.1e} | {r['boxes']:>8.1e} | {r['masks']:>8.1e} | "
-            f"{seg:>9} | {r['agreement']:>18.6f} | {r['merge_agreement']:>15.6f}",
+            f"{seg:>9} | {r['agreement']:>18.6f} | {r['self_agreement']:>15.6f} | "
+            f"{r['merge_agreement']:>15.6f}",
             flush=True,
         )
 

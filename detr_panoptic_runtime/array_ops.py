@@ -26,6 +26,9 @@ The operations, with their meaning (both backends return the first index on ties
 - ``nonzero(x)``: int64 indices of the True entries of a 1-D bool array
 - ``bilinear(x, size, rows, cols)``: (Q, h, w) → the (Q, rows, cols) top-left crop of the (Q, *size)
   bilinear upsampling, half-pixel centers (``F.interpolate(..., "bilinear", align_corners=False)``)
+- ``argmax_bilinear(x, size, rows, cols, row_need=None)``: ``argmax0`` of that upsampling; rows
+  where ``row_need`` (rows,) is False may hold any valid index. Torch on the CPU computes it in row
+  slabs that stay in cache, never holding the whole upsampling (bit-identical to it).
 - ``tolist(x)``: Python list
 """
 
@@ -121,6 +124,10 @@ class NumpyOps:
     @staticmethod
     def bilinear(x, size, rows, cols):
         return _numpy_bilinear(x, size, rows, cols)
+
+    @staticmethod
+    def argmax_bilinear(x, size, rows, cols, row_need=None):
+        return np.argmax(_numpy_bilinear(x, size, rows, cols), 0)
 
     @staticmethod
     def tolist(x):
@@ -244,10 +251,40 @@ class TorchOps:
         out = self.F.interpolate(x[:, None], size=tuple(size), mode="bilinear", align_corners=False)
         return out[:, 0, :rows, :cols]
 
+    def argmax_bilinear(self, x, size, rows, cols, row_need=None):
+        q, h, w = x.shape
+        if tuple(size) != (4 * h, 4 * w) or w < SLAB_MIN_WIDTH or x.device.type != "cpu":
+            return self.argmax0(self.bilinear(x, size, rows, cols))
+        # Output rows 4m+2 .. 4m+5 read input rows m and m+1 (half-pixel centers, scale 1/4), so
+        # input rows lo .. lo+k give output rows 4lo+2 .. 4(lo+k)+1 exactly as the whole upsampling
+        # does (and from 0 / to the end at the canvas' edges, which both clamp alike).
+        k = max(1, SLAB_BYTES // (16 * q * w * x.element_size()))  # input rows per slab
+        out = self.torch.zeros((rows, cols), dtype=self.torch.int64)
+        lo, start = 0, 0
+        while start < rows:
+            hi = min(lo + k + 1, h)
+            end = min(4 * h if hi == h else 4 * (lo + k) + 2, rows)
+            if row_need is None or bool(row_need[start:end].any()):
+                up = self.F.interpolate(
+                    x[:, None, lo:hi],
+                    size=(4 * (hi - lo), 4 * w),
+                    mode="bilinear",
+                    align_corners=False,
+                )
+                out[start:end] = self.argmax0(up[:, 0, start - 4 * lo : end - 4 * lo, :cols])
+            lo, start = lo + k, end
+        return out
+
     @staticmethod
     def tolist(x):
         return x.tolist()
 
+
+# argmax_bilinear's row slabs: about this many bytes of upsampled masks each (cache-sized); below
+# this mask width torch's bilinear kernel may round a slab differently from the whole, so it is
+# computed whole.
+SLAB_BYTES = 4 << 20
+SLAB_MIN_WIDTH = 32
 
 _TORCH_OPS = None
 

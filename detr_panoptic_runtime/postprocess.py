@@ -64,11 +64,21 @@ def _resize_ids(ids, output_size):
 
 
 def panoptic_merge(
-    mask_logits, classes, scores, is_thing, output_size, min_area=4, stuff_merge="first"
+    mask_logits,
+    classes,
+    scores,
+    is_thing,
+    output_size,
+    min_area=4,
+    stuff_merge="first",
+    upsample=None,
 ):
     """Merge per-query masks into one panoptic segmentation, as DETR's post-processing behaves.
 
-    mask_logits: (Q, H, W) at the processed image size, for the kept queries in query order;
+    mask_logits: (Q, H, W) at the processed image size, for the kept queries in query order; or,
+    with ``upsample=(padded_size, image_size)``, (Q, H_pad/4, W_pad/4) at stride 4 of the padded
+    canvas, as :func:`upsample_masks` takes them: the merge then reads only their argmax at the
+    image size (``argmax_bilinear``: in cache-sized row slabs on the CPU, never all of (Q, H, W)).
     classes, scores: (Q,); is_thing: (K,) bool per contiguous class; output_size: (H_out, W_out).
 
     Each pixel goes to the query with the highest mask logit. With ``stuff_merge="first"`` (DETR),
@@ -95,13 +105,21 @@ def panoptic_merge(
         same = (classes[:, None] == classes[None, :]) & stuff[:, None] & stuff[None, :]
         rep = xp.where(stuff, xp.argmax_rows(same), rep)
     alive = xp.full((q,), True, "bool", like=mask_logits)
+
+    def argmax(queries=None, row_need=None):
+        """Per pixel, the query of ``queries`` (ascending; None: all) with the highest logit (first
+        one on ties)."""
+        x = mask_logits if queries is None else mask_logits[queries]
+        if upsample is None:
+            return xp.argmax0(x)
+        padded_size, (h, w) = upsample
+        best = xp.argmax_bilinear(x, padded_size, int(h), int(w), row_need)
+        return best if queries is None else queries[best]
+
     # raw: per pixel, the alive query with the highest logit (first one on ties); -1 where none is
     # alive.
-    raw = (
-        xp.argmax0(mask_logits)
-        if q
-        else xp.full(mask_logits.shape[1:], -1, "int64", like=mask_logits)
-    )
+    image_size = mask_logits.shape[1:] if upsample is None else tuple(upsample[1])
+    raw = argmax() if q else xp.full(image_size, -1, "int64", like=mask_logits)
     relabel = True
     while True:
         relabeled = relabel and q > 0
@@ -122,6 +140,8 @@ def panoptic_merge(
         dead = (raw >= 0) & ~alive[xp.clamp_min(raw, 0)]
         if not alive.any():
             raw = xp.full(raw.shape, -1, "int64", like=raw)
+        elif dead.any() and upsample is not None:  # the rows with dead pixels, alive queries only
+            raw = xp.where(dead, argmax(xp.nonzero(alive), dead.any(1)), raw)
         elif dead.any():
             sub = mask_logits[:, dead]  # (Q, P)
             sub[~alive] = float("-inf")
@@ -250,8 +270,10 @@ def panoptic_inference(
             f"queries {missing} pass the threshold {threshold} but have no mask: the model was "
             "exported with a higher threshold; export again or raise the threshold"
         )
-    masks = upsample_masks(mask_logits[rows], padded_size, image_size)
-    args = (masks, labels[kept], scores[kept], is_thing, output_size, min_area)
+    classes, kept_scores = labels[kept], scores[kept]
     if merge == "maskformer":
+        masks = upsample_masks(mask_logits[rows], padded_size, image_size)
+        args = (masks, classes, kept_scores, is_thing, output_size, min_area)
         return maskformer_merge(*args, overlap_threshold)
-    return panoptic_merge(*args, stuff_merge)
+    args = (mask_logits[rows], classes, kept_scores, is_thing, output_size, min_area, stuff_merge)
+    return panoptic_merge(*args, upsample=(padded_size, image_size))

@@ -175,34 +175,32 @@ class PanopticPostProcessor(nn.Module):
         it; out_size: the requested output size. Returns a dict with "panoptic_seg", "instances" and
         "sem_seg" as configured."""
         keep, scores, labels, inst_sel, inst_scores, inst_labels = self._selections(logits)
-        masks = None
-        if mask_logits is not None:
-            need = self.queries_needing_masks(logits)
-            masks = upsample_masks(mask_logits, padded_size, image_size)  # (Q, H, W)
+        need = None if mask_logits is None else self.queries_needing_masks(logits)
 
-        def rows(sel):  # the mask rows of the queries in sel (sel ⊆ need), in query order
-            return masks[sel[need]]
+        def rows(sel, upsampled=True):
+            """The mask logits of the queries in sel (sel ⊆ need), in query order: (Q, H, W) at
+            the image size, or at stride 4 of the padded canvas."""
+            m = mask_logits[sel[need]]
+            return upsample_masks(m, padded_size, image_size) if upsampled else m
 
         res = {}
         if self.panoptic_on:
-            args = (
-                rows(keep),
-                labels[keep],
-                scores[keep],
-                self.is_thing,
-                out_size,
-                self.min_segment_area,
-            )
+            args = (labels[keep], scores[keep], self.is_thing, out_size, self.min_segment_area)
             if self.merge == "maskformer":
-                res["panoptic_seg"] = maskformer_merge(*args, self.overlap_threshold)
-            else:
-                res["panoptic_seg"] = panoptic_merge(*args, self.stuff_merge)
+                res["panoptic_seg"] = maskformer_merge(rows(keep), *args, self.overlap_threshold)
+            else:  # reads only the argmax of the upsampled masks: never (Q, H, W) at once
+                res["panoptic_seg"] = panoptic_merge(
+                    rows(keep, upsampled=False),
+                    *args,
+                    self.stuff_merge,
+                    upsample=(padded_size, image_size),
+                )
         if self.instance_on:
             res["instances"] = detr_instances(
                 boxes[inst_sel],
                 inst_scores[inst_sel],
                 inst_labels[inst_sel],
-                None if masks is None else rows(inst_sel),
+                None if mask_logits is None else rows(inst_sel),
                 image_size,
                 out_size,
             )

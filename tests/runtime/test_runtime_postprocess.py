@@ -73,6 +73,62 @@ def test_detr_merge_numpy_equals_torch(seed, stuff_merge):
     assert_same_result(res_t, res_n)
 
 
+@pytest.mark.parametrize(
+    "q,h,w,image",
+    [
+        (5, 16, 32, (64, 128)),  # the whole canvas
+        (3, 25, 40, (97, 155)),  # an image smaller than the canvas
+        (55, 50, 68, (200, 270)),
+        (1, 1, 33, (3, 130)),  # one input row
+        (4, 20, 18, (80, 70)),  # narrower than SLAB_MIN_WIDTH: computed whole
+    ],
+)
+@pytest.mark.parametrize("slab_bytes", [1, 1 << 14, 4 << 20])
+def test_argmax_bilinear_in_slabs_equals_the_whole(monkeypatch, q, h, w, image, slab_bytes):
+    import detr_panoptic_runtime.array_ops as array_ops
+
+    monkeypatch.setattr(array_ops, "SLAB_BYTES", slab_bytes)  # 1: one input row per slab
+    g = torch.Generator().manual_seed(q + h + w)
+    x = torch.randn(q, h, w, generator=g) * 8
+    padded = (4 * h, 4 * w)
+    whole = upsample_masks(x, padded, image).max(0).indices
+    assert torch.equal(TorchOps().argmax_bilinear(x, padded, *image), whole)
+    need = torch.zeros(image[0], dtype=torch.bool)
+    need[image[0] // 3 : image[0] // 2] = True  # only these rows are asked for
+    part = TorchOps().argmax_bilinear(x, padded, *image, need)
+    assert torch.equal(part[need], whole[need])
+    assert int(part.min()) >= 0 and int(part.max()) < q  # the other rows: valid indices
+    n = NumpyOps.argmax_bilinear(x.numpy(), padded, *image)
+    assert np.array_equal(n, np.argmax(upsample_masks(x.numpy(), padded, image), 0))
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("stuff_merge", ["first", "union"])
+def test_detr_merge_of_stride4_logits_equals_merge_of_upsampled(monkeypatch, seed, stuff_merge):
+    """``upsample=(padded, image)`` (the argmax in row slabs, dead pixels recomputed on the rows
+    that hold them) gives exactly the merge of the upsampled masks, on torch and numpy."""
+    import detr_panoptic_runtime.array_ops as array_ops
+
+    monkeypatch.setattr(array_ops, "SLAB_BYTES", 1 << 12)  # many slabs
+    logits, classes, scores, _ = blob_case(200 + seed, q_max=9, size=(8, 12), dup=seed % 4 != 3)
+    q, h, w = logits.shape
+    x = logits.repeat(1, 1, 5)[..., : max(w * 5, 32)]  # stride-4 width >= SLAB_MIN_WIDTH
+    padded = (4 * h, 4 * x.shape[-1])
+    image = (padded[0] - seed % 3, padded[1] - 2 * (seed % 4))
+    out = [image, (image[0] + 7, image[1] // 2), (image[0] // 3, image[1])][seed % 3]
+    thing = torch.from_numpy(IS_THING)
+    ref = panoptic_merge(
+        upsample_masks(x, padded, image), classes, scores, thing, out, 40, stuff_merge
+    )
+    got = panoptic_merge(x, classes, scores, thing, out, 40, stuff_merge, upsample=(padded, image))
+    assert_same_result(ref, (got[0].numpy(), got[1]))
+    assert torch.equal(ref[0], got[0])
+    got_n = panoptic_merge(
+        *_np(x, classes, scores), IS_THING, out, 40, stuff_merge, upsample=(padded, image)
+    )
+    assert_same_result(ref, got_n)
+
+
 @pytest.mark.parametrize("seed", range(16))
 def test_maskformer_merge_numpy_equals_torch(seed):
     logits, classes, scores, (h, w) = blob_case(100 + seed, dup=seed % 2 == 0)
