@@ -40,11 +40,15 @@ class TransformerEncoderLayer(nn.Module):
             src2 = self.norm1(src)
             q = k = _with_pos(src2, pos)
             src = src + self.dropout1(
-                self.self_attn(q, k, src2, key_padding_mask=src_key_padding_mask)[0]
+                self.self_attn(
+                    q, k, src2, key_padding_mask=src_key_padding_mask, need_weights=False
+                )[0]
             )
             return src + self.dropout2(self._ffn(self.norm2(src)))
         q = k = _with_pos(src, pos)
-        src2 = self.self_attn(q, k, src, key_padding_mask=src_key_padding_mask)[0]
+        src2 = self.self_attn(q, k, src, key_padding_mask=src_key_padding_mask, need_weights=False)[
+            0
+        ]
         src = self.norm1(src + self.dropout1(src2))
         return self.norm2(src + self.dropout2(self._ffn(src)))
 
@@ -76,23 +80,30 @@ class TransformerDecoderLayer(nn.Module):
         if self.normalize_before:
             tgt2 = self.norm1(tgt)
             q = k = _with_pos(tgt2, query_pos)
-            tgt = tgt + self.dropout1(self.self_attn(q, k, tgt2, attn_mask=tgt_mask)[0])
+            tgt = tgt + self.dropout1(
+                self.self_attn(q, k, tgt2, attn_mask=tgt_mask, need_weights=False)[0]
+            )
             tgt2 = self.norm2(tgt)
             tgt2 = self.multihead_attn(
                 _with_pos(tgt2, query_pos),
                 _with_pos(memory, pos),
                 memory,
                 key_padding_mask=memory_key_padding_mask,
+                need_weights=False,
             )[0]
             tgt = tgt + self.dropout2(tgt2)
             return tgt + self.dropout3(self._ffn(self.norm3(tgt)))
         q = k = _with_pos(tgt, query_pos)
-        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, tgt, attn_mask=tgt_mask)[0]))
+        tgt = self.norm1(
+            tgt
+            + self.dropout1(self.self_attn(q, k, tgt, attn_mask=tgt_mask, need_weights=False)[0])
+        )
         tgt2 = self.multihead_attn(
             _with_pos(tgt, query_pos),
             _with_pos(memory, pos),
             memory,
             key_padding_mask=memory_key_padding_mask,
+            need_weights=False,
         )[0]
         tgt = self.norm2(tgt + self.dropout2(tgt2))
         return self.norm3(tgt + self.dropout3(self._ffn(tgt)))
