@@ -2,6 +2,12 @@
 
 Positional encodings are added to queries and keys at every attention layer, as in the original
 DETR. Sequences are (L, B, C) as in ``torch.nn.MultiheadAttention``'s default layout.
+
+Attention weights are never read. At inference they are not asked for (``need_weights=False``:
+PyTorch's fused scaled-dot-product attention, 0.48 -> 0.33 s for the R-50 encoder-decoder at
+800x1088 on 2 CPU cores); in training they are (the explicit path), because under CPU bf16
+autocast with dropout the fused call falls back to a slower kernel (toy stage-1 step 0.27 vs
+0.18 s).
 """
 
 import copy
@@ -41,14 +47,14 @@ class TransformerEncoderLayer(nn.Module):
             q = k = _with_pos(src2, pos)
             src = src + self.dropout1(
                 self.self_attn(
-                    q, k, src2, key_padding_mask=src_key_padding_mask, need_weights=False
+                    q, k, src2, key_padding_mask=src_key_padding_mask, need_weights=self.training
                 )[0]
             )
             return src + self.dropout2(self._ffn(self.norm2(src)))
         q = k = _with_pos(src, pos)
-        src2 = self.self_attn(q, k, src, key_padding_mask=src_key_padding_mask, need_weights=False)[
-            0
-        ]
+        src2 = self.self_attn(
+            q, k, src, key_padding_mask=src_key_padding_mask, need_weights=self.training
+        )[0]
         src = self.norm1(src + self.dropout1(src2))
         return self.norm2(src + self.dropout2(self._ffn(src)))
 
@@ -81,7 +87,7 @@ class TransformerDecoderLayer(nn.Module):
             tgt2 = self.norm1(tgt)
             q = k = _with_pos(tgt2, query_pos)
             tgt = tgt + self.dropout1(
-                self.self_attn(q, k, tgt2, attn_mask=tgt_mask, need_weights=False)[0]
+                self.self_attn(q, k, tgt2, attn_mask=tgt_mask, need_weights=self.training)[0]
             )
             tgt2 = self.norm2(tgt)
             tgt2 = self.multihead_attn(
@@ -89,21 +95,23 @@ class TransformerDecoderLayer(nn.Module):
                 _with_pos(memory, pos),
                 memory,
                 key_padding_mask=memory_key_padding_mask,
-                need_weights=False,
+                need_weights=self.training,
             )[0]
             tgt = tgt + self.dropout2(tgt2)
             return tgt + self.dropout3(self._ffn(self.norm3(tgt)))
         q = k = _with_pos(tgt, query_pos)
         tgt = self.norm1(
             tgt
-            + self.dropout1(self.self_attn(q, k, tgt, attn_mask=tgt_mask, need_weights=False)[0])
+            + self.dropout1(
+                self.self_attn(q, k, tgt, attn_mask=tgt_mask, need_weights=self.training)[0]
+            )
         )
         tgt2 = self.multihead_attn(
             _with_pos(tgt, query_pos),
             _with_pos(memory, pos),
             memory,
             key_padding_mask=memory_key_padding_mask,
-            need_weights=False,
+            need_weights=self.training,
         )[0]
         tgt = self.norm2(tgt + self.dropout2(tgt2))
         return self.norm3(tgt + self.dropout3(self._ffn(tgt)))
