@@ -145,8 +145,9 @@ def measure_plugin(size, precision, args, weights, result_out):
 
 def breakdown(model, inputs, args):
     """Seconds (median) and GFLOP of the parts of one inference: backbone, the rest of the DETR body
-    (input projection, transformer, heads), the mask head on the kept queries, post-processing (the
-    rest: query selection, mask upsampling, merge)."""
+    (input projection, transformer, heads), the mask head on the kept queries, and the rest (image
+    normalization and padding, query selection, the panoptic merge; the difference of medians, so
+    noisy)."""
     runner = model.inference_runner
     with torch.inference_mode():
         images, mask = model.preprocess_image(inputs)
@@ -165,7 +166,7 @@ def breakdown(model, inputs, args):
             res[name] = (t, count_flops(fn) / 1e9)
     body, total = res.pop("body"), res.pop("total")
     res["transformer + heads"] = (body[0] - res["backbone"][0], body[1] - res["backbone"][1])
-    res["post-processing"] = (
+    res["the rest"] = (
         total[0] - body[0] - res["mask head"][0],
         total[1] - body[1] - res["mask head"][1],
     )
@@ -242,7 +243,7 @@ def main():
     p.add_argument(
         "--breakdown",
         action="store_true",
-        help="also time the parts: backbone, transformer + heads, mask head, post-processing",
+        help="also time the parts: backbone, transformer + heads, mask head, the rest",
     )
     p.add_argument(
         "--query-spread",
