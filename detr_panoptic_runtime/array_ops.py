@@ -26,9 +26,9 @@ The operations, with their meaning (both backends return the first index on ties
 - ``nonzero(x)``: int64 indices of the True entries of a 1-D bool array
 - ``bilinear(x, size, rows, cols)``: (Q, h, w) → the (Q, rows, cols) top-left crop of the (Q, *size)
   bilinear upsampling, half-pixel centers (``F.interpolate(..., "bilinear", align_corners=False)``)
-- ``argmax_bilinear(x, size, rows, cols, row_need=None)``: ``argmax0`` of that upsampling; rows
-  where ``row_need`` (rows,) is False may hold any valid index. Torch on the CPU computes it in row
-  slabs that stay in cache, never holding the whole upsampling (bit-identical to it).
+- ``argmax_bilinear(x, size, rows, cols, row_need=None)`` (torch only): ``argmax0`` of that
+  upsampling; rows where ``row_need`` (rows,) is False may hold any valid index. On the CPU it is
+  computed in row slabs that stay in cache, never holding the whole upsampling (bit-identical).
 - ``tolist(x)``: Python list
 """
 
@@ -124,10 +124,6 @@ class NumpyOps:
     @staticmethod
     def bilinear(x, size, rows, cols):
         return _numpy_bilinear(x, size, rows, cols)
-
-    @staticmethod
-    def argmax_bilinear(x, size, rows, cols, row_need=None):
-        return np.argmax(_numpy_bilinear(x, size, rows, cols), 0)
 
     @staticmethod
     def tolist(x):

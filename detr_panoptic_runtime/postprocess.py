@@ -78,7 +78,8 @@ def panoptic_merge(
     mask_logits: (Q, H, W) at the processed image size, for the kept queries in query order; or,
     with ``upsample=(padded_size, image_size)``, (Q, H_pad/4, W_pad/4) at stride 4 of the padded
     canvas, as :func:`upsample_masks` takes them: the merge then reads only their argmax at the
-    image size (``argmax_bilinear``: in cache-sized row slabs on the CPU, never all of (Q, H, W)).
+    image size (torch: ``argmax_bilinear``, in cache-sized row slabs on the CPU, never all of
+    (Q, H, W); numpy upsamples them first).
     classes, scores: (Q,); is_thing: (K,) bool per contiguous class; output_size: (H_out, W_out).
 
     Each pixel goes to the query with the highest mask logit. With ``stuff_merge="first"`` (DETR),
@@ -94,6 +95,8 @@ def panoptic_merge(
             f"MODEL.DETR.TEST.STUFF_MERGE must be 'first' or 'union', got {stuff_merge!r}"
         )
     xp = ops_for(mask_logits)
+    if upsample is not None and xp.name != "torch":  # numpy: upsampled once, dead pixels gathered
+        mask_logits, upsample = upsample_masks(mask_logits, *upsample), None
     q = mask_logits.shape[0]
     is_thing = xp.asarray(is_thing, "bool", like=mask_logits)
     arange_q = xp.arange(q, like=mask_logits)
