@@ -175,22 +175,28 @@ class PanopticPostProcessor(nn.Module):
         it; out_size: the requested output size. Returns a dict with "panoptic_seg", "instances" and
         "sem_seg" as configured."""
         keep, scores, labels, inst_sel, inst_scores, inst_labels = self._selections(logits)
-        need = None if mask_logits is None else self.queries_needing_masks(logits)
+        need, whole = None, None
+        if mask_logits is not None:
+            need = self.queries_needing_masks(logits)
+            if self.instance_on or (self.panoptic_on and self.merge == "maskformer"):
+                # an output reads them whole: upsampled once
+                whole = upsample_masks(mask_logits, padded_size, image_size)  # (Q, H, W)
 
-        def rows(sel, upsampled=True):
-            """The mask logits of the queries in sel (sel ⊆ need), in query order: (Q, H, W) at
-            the image size, or at stride 4 of the padded canvas."""
-            m = mask_logits[sel[need]]
-            return upsample_masks(m, padded_size, image_size) if upsampled else m
+        def rows(sel, masks):  # the mask rows of the queries in sel (sel ⊆ need), in query order
+            return masks[sel[need]]
 
         res = {}
         if self.panoptic_on:
             args = (labels[keep], scores[keep], self.is_thing, out_size, self.min_segment_area)
             if self.merge == "maskformer":
-                res["panoptic_seg"] = maskformer_merge(rows(keep), *args, self.overlap_threshold)
-            else:  # reads only the argmax of the upsampled masks: never (Q, H, W) at once
+                res["panoptic_seg"] = maskformer_merge(
+                    rows(keep, whole), *args, self.overlap_threshold
+                )
+            elif whole is not None:
+                res["panoptic_seg"] = panoptic_merge(rows(keep, whole), *args, self.stuff_merge)
+            else:  # from the stride-4 logits: the argmax in row slabs, never (Q, H, W) at once
                 res["panoptic_seg"] = panoptic_merge(
-                    rows(keep, upsampled=False),
+                    rows(keep, mask_logits),
                     *args,
                     self.stuff_merge,
                     upsample=(padded_size, image_size),
@@ -200,7 +206,7 @@ class PanopticPostProcessor(nn.Module):
                 boxes[inst_sel],
                 inst_scores[inst_sel],
                 inst_labels[inst_sel],
-                None if mask_logits is None else rows(inst_sel),
+                None if whole is None else rows(inst_sel, whole),
                 image_size,
                 out_size,
             )

@@ -21,6 +21,11 @@ def _with_pos(x, pos):
     return x if pos is None else x + pos
 
 
+def _attend(attn, query, key, value, **masks):
+    """``attn``'s output alone; its weights are asked for only in training (see above)."""
+    return attn(query, key, value, need_weights=attn.training, **masks)[0]
+
+
 def _clones(module, n):
     return nn.ModuleList([copy.deepcopy(module) for _ in range(n)])
 
@@ -46,15 +51,11 @@ class TransformerEncoderLayer(nn.Module):
             src2 = self.norm1(src)
             q = k = _with_pos(src2, pos)
             src = src + self.dropout1(
-                self.self_attn(
-                    q, k, src2, key_padding_mask=src_key_padding_mask, need_weights=self.training
-                )[0]
+                _attend(self.self_attn, q, k, src2, key_padding_mask=src_key_padding_mask)
             )
             return src + self.dropout2(self._ffn(self.norm2(src)))
         q = k = _with_pos(src, pos)
-        src2 = self.self_attn(
-            q, k, src, key_padding_mask=src_key_padding_mask, need_weights=self.training
-        )[0]
+        src2 = _attend(self.self_attn, q, k, src, key_padding_mask=src_key_padding_mask)
         src = self.norm1(src + self.dropout1(src2))
         return self.norm2(src + self.dropout2(self._ffn(src)))
 
@@ -86,33 +87,28 @@ class TransformerDecoderLayer(nn.Module):
         if self.normalize_before:
             tgt2 = self.norm1(tgt)
             q = k = _with_pos(tgt2, query_pos)
-            tgt = tgt + self.dropout1(
-                self.self_attn(q, k, tgt2, attn_mask=tgt_mask, need_weights=self.training)[0]
-            )
+            tgt = tgt + self.dropout1(_attend(self.self_attn, q, k, tgt2, attn_mask=tgt_mask))
             tgt2 = self.norm2(tgt)
-            tgt2 = self.multihead_attn(
+            tgt2 = _attend(
+                self.multihead_attn,
                 _with_pos(tgt2, query_pos),
                 _with_pos(memory, pos),
                 memory,
                 key_padding_mask=memory_key_padding_mask,
-                need_weights=self.training,
-            )[0]
+            )
             tgt = tgt + self.dropout2(tgt2)
             return tgt + self.dropout3(self._ffn(self.norm3(tgt)))
         q = k = _with_pos(tgt, query_pos)
         tgt = self.norm1(
-            tgt
-            + self.dropout1(
-                self.self_attn(q, k, tgt, attn_mask=tgt_mask, need_weights=self.training)[0]
-            )
+            tgt + self.dropout1(_attend(self.self_attn, q, k, tgt, attn_mask=tgt_mask))
         )
-        tgt2 = self.multihead_attn(
+        tgt2 = _attend(
+            self.multihead_attn,
             _with_pos(tgt, query_pos),
             _with_pos(memory, pos),
             memory,
             key_padding_mask=memory_key_padding_mask,
-            need_weights=self.training,
-        )[0]
+        )
         tgt = self.norm2(tgt + self.dropout2(tgt2))
         return self.norm3(tgt + self.dropout3(self._ffn(tgt)))
 

@@ -324,13 +324,15 @@ def test_first_mode_matches_detr_reference(seed):
 
 
 # ---- through the model ---------------------------------------------------------------------------
+@pytest.mark.parametrize("instances", [True, False])
 @pytest.mark.parametrize("mode", ["detr", "maskformer"])
-def test_model_panoptic_output_with_patched_heads(monkeypatch, mode):
+def test_model_panoptic_output_with_patched_heads(monkeypatch, mode, instances):
     """Crafted logits and mask logits through DetrPanoptic.inference: only kept queries reach the
     mask head, and the panoptic output is the configured merge of the upsampled, cropped masks at
-    the requested size."""
+    the requested size (DETR's merge without instances: from the stride-4 logits)."""
     model = build_tiny_model(mask_head=True, **{"MODEL.DETR.TEST.PANOPTIC_MERGE": mode}).eval()
     post = model.postprocessor
+    post.instance_on = instances
     post.is_thing = IS_THING.clone()[:4].new_ones(5)
     post.is_thing[2:4] = False
     post.object_mask_threshold = 0.5
@@ -383,6 +385,9 @@ def test_model_panoptic_output_with_patched_heads(monkeypatch, mode):
     # the duplicate stuff query 6 merged into query 4; with MaskFormer's merge query 1 (thing) loses
     # half of its mask to the more confident mask of query 8 and is dropped
     assert [s["category_id"] for s in info] == ([0, 2, 3] if mode == "detr" else [2, 3])
+    if not instances:
+        assert "instances" not in res
+        return
     inst = res["instances"]
     assert inst.pred_classes.tolist() == [0] and inst.pred_masks.shape == (1, 40, 60)
 
