@@ -107,14 +107,16 @@ def add_detr_panoptic_config(cfg):
     cfg.MODEL.DETR.TEST.STUFF_MERGE = "first"
     # Inference fast path: run the mask head only for queries that pass the threshold.
     cfg.MODEL.DETR.TEST.MASKS_FOR_KEPT_ONLY = True
-    # Inference precision: "fp32", "bf16" (CPUs with AVX512-BF16 / AMX, and GPUs) or "fp16" (CUDA
-    # only). bf16 / fp16 run the backbone, transformer and mask-head convolutions with a
-    # reduced-precision copy of the weights (cast once; checkpoints untouched); heads, attention-map
-    # softmax, mask logits and post-processing stay float32. Training precision is SOLVER.AMP.
+    # Inference precision: "fp32", "bf16" (CPUs with AVX512-BF16 / AMX, and GPUs) or "fp16" (GPUs;
+    # it runs on the CPU too, slowly: a warning says so). bf16 / fp16 run the backbone, transformer
+    # and mask-head convolutions with a reduced-precision copy of the weights (cast once;
+    # checkpoints untouched); heads, attention-map softmax, mask logits and post-processing
+    # stay float32. Training precision is SOLVER.AMP.
     cfg.MODEL.DETR.TEST.PRECISION = "fp32"
 
     # Mixed-precision training (SOLVER.AMP.ENABLED), on CUDA and on the CPU: autocast to this dtype,
-    # "bfloat16" (no gradient scaling) or "float16" (CUDA only, with a gradient scaler); D2Go's key.
+    # "bfloat16" (no gradient scaling) or "float16" (with a gradient scaler; on the CPU it runs,
+    # slowly, with a warning); D2Go's key.
     if "PRECISION" not in cfg.SOLVER.AMP:
         cfg.SOLVER.AMP.PRECISION = "bfloat16"
 
@@ -139,6 +141,10 @@ def add_detr_panoptic_config(cfg):
     cfg.INPUT.DETR_CROP.PROB = 0.5
     cfg.INPUT.DETR_CROP.PRE_RESIZE = (400, 500, 600)
     cfg.INPUT.DETR_CROP.SIZE = (384, 600)
+    # Images (and panoptic PNGs) of more pixels are refused with an error naming the file (a
+    # decompression-bomb guard); default: where Pillow refuses (2 * PIL.Image.MAX_IMAGE_PIXELS).
+    # 0: no limit.
+    cfg.INPUT.MAX_IMAGE_PIXELS = 178956970
     # Toy data set (configs/toy/*): number of images generated and their size range.
     cfg.DATASETS.TOY = CN()
     cfg.DATASETS.TOY.ROOT = "datasets/toy_panoptic"
@@ -153,6 +159,32 @@ def add_detr_panoptic_config(cfg):
 def _check(ok, key, value, what):
     if not ok:
         raise ValueError(f"{key} must be {what}, got {value!r}")
+
+
+def _check_device(device):
+    """MODEL.DEVICE: a device torch parses, and for CUDA one that exists here."""
+    import torch
+
+    try:
+        dev = torch.device(str(device))
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise ValueError(
+            f"MODEL.DEVICE must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got "
+            f"{device!r} ({e})"
+        ) from e
+    if dev.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"MODEL.DEVICE is {device!r} but CUDA is not available here "
+            "(torch.cuda.is_available() is False): set MODEL.DEVICE cpu"
+        )
+    count = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= count:
+        raise ValueError(
+            f"MODEL.DEVICE is {device!r} but this machine has {count} CUDA device(s) "
+            f"(cuda:0 .. cuda:{count - 1})"
+        )
 
 
 def validate_config(cfg):
@@ -240,12 +272,12 @@ def validate_config(cfg):
         "in [0, 1]",
     )
     _check(t.MIN_SEGMENT_AREA >= 0, "MODEL.DETR.TEST.MIN_SEGMENT_AREA", t.MIN_SEGMENT_AREA, ">= 0")
-    on_cuda = str(cfg.MODEL.DEVICE).startswith("cuda")
+    _check_device(cfg.MODEL.DEVICE)
     _check(
-        t.PRECISION in ("fp32", "bf16") or (t.PRECISION == "fp16" and on_cuda),
+        t.PRECISION in ("fp32", "bf16", "fp16"),
         "MODEL.DETR.TEST.PRECISION",
         t.PRECISION,
-        "'fp32' or 'bf16' (or 'fp16' with MODEL.DEVICE cuda)",
+        "'fp32', 'bf16' or 'fp16'",
     )
     budget = cfg.SOLVER.TIME_BUDGET_MINUTES
     _check(budget >= 0, "SOLVER.TIME_BUDGET_MINUTES", budget, ">= 0 (0: off)")
@@ -255,12 +287,6 @@ def validate_config(cfg):
         "SOLVER.AMP.PRECISION",
         amp.PRECISION,
         "'bfloat16' or 'float16'",
-    )
-    _check(
-        not amp.ENABLED or amp.PRECISION == "bfloat16" or on_cuda,
-        "SOLVER.AMP.PRECISION",
-        amp.PRECISION,
-        "'bfloat16' on the CPU ('float16' needs MODEL.DEVICE cuda)",
     )
     if cfg.MODEL.MASK_HEAD.NAME == "DetrMaskHead":
         # GroupNorm(8) down to HIDDEN_DIM / 16 channels, and over HIDDEN_DIM + NHEADS channels
@@ -292,6 +318,13 @@ def validate_config(cfg):
             cfg.MODEL.MASK_HEAD.NAME,
             "set when MODEL.DETR.FROZEN_WEIGHTS is (stage 2 trains the mask head only)",
         )
+    max_pixels = cfg.INPUT.MAX_IMAGE_PIXELS
+    _check(
+        isinstance(max_pixels, int) and not isinstance(max_pixels, bool) and max_pixels >= 0,
+        "INPUT.MAX_IMAGE_PIXELS",
+        max_pixels,
+        "an integer >= 0 (0: no limit)",
+    )
     toy = cfg.DATASETS.TOY
     _check(
         toy.THING_COLORS in ("class", "random"),

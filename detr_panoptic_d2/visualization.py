@@ -70,7 +70,8 @@ def explain_queries(model, inputs, metadata, out_path, input_format="RGB", max_q
         )  # (Q, M, h/32, w/32)
         masks = model.mask_head(features, torch.zeros_like(queries), queries)
         masks = upsample_masks(masks, images.tensor.shape[-2:], (h, w))
-        boxes = cxcywh_to_xyxy(outputs["pred_boxes"][0, queries]) * torch.tensor([w, h, w, h])
+        boxes = outputs["pred_boxes"][0, queries]
+        boxes = (cxcywh_to_xyxy(boxes) * boxes.new_tensor([w, h, w, h])).cpu()
         names = metadata.get("stuff_classes", metadata.get("thing_classes", None))
         for r, q in enumerate(queries.tolist()):
             x0, y0, x1, y1 = boxes[r].tolist()

@@ -255,7 +255,7 @@ class TorchOps:
         # input rows lo .. lo+k give output rows 4lo+2 .. 4(lo+k)+1 exactly as the whole upsampling
         # does (and from 0 / to the end at the canvas' edges, which both clamp alike).
         k = max(1, SLAB_BYTES // (16 * q * w * x.element_size()))  # input rows per slab
-        out = self.torch.zeros((rows, cols), dtype=self.torch.int64)
+        out = self.torch.zeros((rows, cols), dtype=self.torch.int64, device=x.device)
         lo, start = 0, 0
         while start < rows:
             hi = min(lo + k + 1, h)

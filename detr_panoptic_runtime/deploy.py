@@ -4,7 +4,8 @@
 Keys (``FORMAT_VERSION`` 1):
 
 - format_version: 1; format: "torchscript" | "onnx"; model_file: "model.ts" | "model.onnx" (next to
-  deploy.json); device: the device a TorchScript model was traced on (ONNX: "any"); onnx_opset
+  deploy.json); device: the device a TorchScript model was traced on, "cpu" (its graph runs on any
+  device: the runtime loads it with ``map_location``; ONNX: "any"); onnx_opset
 - input: {"name": "image", "dtype": "uint8", "layout": "CHW", "channels": "RGB"}
 - outputs: ["pred_logits", "pred_boxes", "mask_logits", "mask_query_index"]
 - mask_queries: "kept" (masks of the queries that pass export_threshold) | "all"

@@ -10,7 +10,29 @@ from .deploy import load_deploy
 from .postprocess import panoptic_inference
 from .preprocess import preprocess, read_image
 
-__all__ = ["ExportedPanopticModel"]
+__all__ = ["ExportedPanopticModel", "pinned_devices"]
+
+
+def pinned_devices(module):
+    """The devices a TorchScript module's code names as constants (tensors created on a fixed
+    device: ``torch.arange(..., device=...)``, ``.to(device)``), sorted.
+    ``torch.jit.load(map_location=...)`` moves parameters, buffers and tensor constants, never
+    these: a graph that names a device runs on that device only. Exports of this package name none
+    (they trace on the CPU, and the model creates its tensors from its inputs and buffers)."""
+    devices = set()
+    graph = getattr(module, "inlined_graph", None) or module.graph
+    blocks = [graph]
+    while blocks:
+        for node in blocks.pop().nodes():
+            blocks.extend(node.blocks())
+            if node.kind() == "prim::Constant" and node.output().type().kind() == "DeviceObjType":
+                devices.add(str(node.output().toIValue()))
+    return sorted(devices)
+
+
+def _same_device(a, b):
+    """Same device type, and the same index where both name one ("cuda" is the current one)."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
 class ExportedPanopticModel:
@@ -18,7 +40,9 @@ class ExportedPanopticModel:
 
     ``threshold``, ``merge``: override the exported panoptic settings (a "kept" export computes
     masks only for the queries above its export threshold, so a lower threshold is refused).
-    ``device``: TorchScript only (default: the device it was traced on). ``threads``: intra-op
+    ``device``: TorchScript only (default: the CPU): the graph is loaded there
+    (``torch.jit.load(map_location=device)``); a graph that names another device in its code (an
+    export made before exports traced on the CPU) is refused with the reason. ``threads``: intra-op
     threads of torch / ONNX Runtime (default: theirs). ``providers``: ONNX Runtime execution
     providers (default: CPU).
     """
@@ -51,18 +75,24 @@ class ExportedPanopticModel:
             self.torch = torch
             if threads:
                 torch.set_num_threads(threads)
-            traced_on = self.meta.get("device", "cpu")
-            self.device = torch.device(device or traced_on)
-            if self.device.type != torch.device(traced_on).type:
-                warnings.warn(
-                    f"{self.path} was traced on {traced_on}: a trace keeps the device of the "
-                    "tensors "
-                    f"it creates; export with MODEL.DEVICE {self.device.type} to run on it",
-                    stacklevel=2,
-                )
+            self.device = torch.device(device or "cpu")
+            if self.device.type == "cuda" and not torch.cuda.is_available():
+                raise RuntimeError(f"device {self.device} requested, but CUDA is not available")
             with warnings.catch_warnings():  # torch 2.14 marks TorchScript deprecated
                 warnings.simplefilter("ignore", FutureWarning)
                 self.model = torch.jit.load(self.path, map_location=self.device).eval()
+            pinned = [
+                d
+                for d in pinned_devices(self.model)
+                if not _same_device(torch.device(d), self.device)
+            ]
+            if pinned:
+                raise RuntimeError(
+                    f"{self.path} creates tensors on {', '.join(pinned)} in its graph (traced on "
+                    f"{self.meta.get('device', '?')}), so it cannot run on {self.device}: "
+                    f"run it with device={pinned[0]!r}, or export it again (tools/export_model.py "
+                    "traces on the CPU, and its graphs run on any device)"
+                )
             self.is_thing_t = torch.as_tensor(self.is_thing, device=self.device)
         else:
             import onnxruntime as ort

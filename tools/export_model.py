@@ -94,12 +94,14 @@ def main(argv=None):
     cfg = setup_cfg(args)
     if not cfg.MODEL.MASK_HEAD.NAME:
         parser.error("the config has no mask head (MODEL.MASK_HEAD.NAME): export a stage-2 model")
-    model = build_model(cfg)
+    # eval mode before loading: a checkpoint that leaves parameters uninitialized (a stage-1
+    # checkpoint under this stage-2 config, ...) is an error naming them
+    model = build_model(cfg).eval()
     if cfg.MODEL.WEIGHTS:
         DetrCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     else:
         logger.warning("no MODEL.WEIGHTS: exporting a RANDOMLY INITIALIZED model")
-    model.eval()
+    model.check_initialized()  # the export traces the body and the head, not model.forward
     path, meta, sample = export_model(
         cfg, model, args.format, args.output, args.sample_image, args.mask_queries, args.opset
     )

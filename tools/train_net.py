@@ -26,14 +26,18 @@ def setup(args):
     add_detr_panoptic_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logging.getLogger("detr_panoptic_d2").warning(
-            "CUDA is not available: MODEL.DEVICE set to cpu"
-        )
+    requested = cfg.MODEL.DEVICE
+    fallback = requested.startswith("cuda") and not torch.cuda.is_available()
+    if fallback:  # deliberately lenient here (the Python API's build_model raises instead)
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detr_panoptic_d2")
+    if fallback:  # once the log is set up: one formatted line, also in the log file
+        logging.getLogger("detr_panoptic_d2").warning(
+            f"MODEL.DEVICE {requested!r}: CUDA is not available, running on the CPU "
+            "(MODEL.DEVICE cpu)"
+        )
     register_datasets_from_cfg(cfg)
     return cfg
 
@@ -46,7 +50,9 @@ def main(args):
                 "--eval-only without MODEL.WEIGHTS: evaluating a RANDOMLY INITIALIZED model. "
                 "Pass MODEL.WEIGHTS path/to/model.pth."
             )
-        model = DetrPanopticTrainer.build_model(cfg)
+        # eval mode before loading: a checkpoint that leaves parameters uninitialized (a stage-1
+        # checkpoint under a stage-2 config, ...) is an error at the load, naming them
+        model = DetrPanopticTrainer.build_model(cfg).eval()
         DetrCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )

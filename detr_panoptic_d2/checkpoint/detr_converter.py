@@ -91,7 +91,8 @@ def remap_class_rows(tensor, id_map, source_name="checkpoint"):
                          f"but the metadata has category id {max(id_map)}; "
                          "wrong --metadata?")  # fmt: skip
     order = [d for d, _ in sorted(id_map.items(), key=lambda kv: kv[1])]
-    return tensor.index_select(0, torch.tensor(order + [num_rows - 1], dtype=torch.long)).clone()
+    index = torch.tensor(order + [num_rows - 1], dtype=torch.long, device=tensor.device)
+    return tensor.index_select(0, index).clone()
 
 
 def _rename(state_dict, panoptic, source_name):

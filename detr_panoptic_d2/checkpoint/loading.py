@@ -1,7 +1,8 @@
 """Loading checkpoints into this plugin's model: the checkpointer (which also reads raw official
 DETR checkpoints and fine-tunes onto other classes), the key-rename rule for the earlier layout, and
 the strict loads of one part of the model (stage 2's frozen DETR body, a mask head to start
-from)."""
+from), and the record of what a partial load left uninitialized: allowed in training (the log lists
+it), an error at inference."""
 
 import logging
 import os
@@ -26,6 +27,88 @@ _LEGACY_BODY_MODULES = (
     "bbox_embed.",
 )
 CLASS_HEAD_KEYS = ("detr.class_embed.weight", "detr.class_embed.bias")
+# State of the training-only queries (modeling/training_queries.py): never read at inference.
+TRAINING_ONLY_PREFIXES = ("detr.training_queries.",)
+
+
+class UninitializedParametersError(RuntimeError):
+    """Inference with parameters that no checkpoint gave a value (a partial load, untrained)."""
+
+
+def group_keys(keys, all_keys):
+    """``keys`` (a subset of the state-dict keys ``all_keys``) grouped by module: each group is the
+    largest module (of more than one key) all of whose keys are in ``keys`` ("mask_head.*"), or a
+    single key where only part of its module is. Returns [(name, count)] in the order of
+    ``all_keys``."""
+    keys = set(keys)
+    total, hit = {}, {}
+    for k in all_keys:
+        parts = k.split(".")
+        for i in range(1, len(parts)):
+            prefix = ".".join(parts[:i])
+            total[prefix] = total.get(prefix, 0) + 1
+            hit[prefix] = hit.get(prefix, 0) + (k in keys)
+    groups = {}
+    for k in all_keys:
+        if k not in keys:
+            continue
+        parts = k.split(".")
+        name = next(
+            (
+                p + ".*"
+                for p in (".".join(parts[:i]) for i in range(1, len(parts)))
+                if hit[p] == total[p] > 1
+            ),
+            k,
+        )
+        groups[name] = groups.get(name, 0) + 1
+    return list(groups.items())
+
+
+def describe_groups(groups):
+    """ "mask_head.* (74 tensors), detr.query_embed.weight" for :func:`group_keys`' groups."""
+    return ", ".join(
+        name if not name.endswith(".*") else f"{name} ({n} tensor{'s' if n != 1 else ''})"
+        for name, n in groups
+    )
+
+
+def _hint(keys, source):
+    """What to do about the uninitialized ``keys`` left by ``source``."""
+    if all(k.startswith("mask_head.") for k in keys):
+        if "FROZEN_WEIGHTS" in source:
+            return (
+                "MODEL.DETR.FROZEN_WEIGHTS gives the DETR body only; set MODEL.WEIGHTS to a "
+                "stage-2 checkpoint, or train the mask head first"
+            )
+        return (
+            "this is a stage-1 checkpoint (no mask head); use a stage-2 checkpoint, or a stage-1 "
+            "config (no MODEL.MASK_HEAD.NAME)"
+        )
+    if all(k in CLASS_HEAD_KEYS for k in keys):
+        return (
+            "the checkpoint's class head is for another MODEL.DETR.NUM_CLASSES (or absent); set "
+            "MODEL.DETR.NUM_CLASSES to the checkpoint's, or fine-tune before inference"
+        )
+    return (
+        "the checkpoint is not of this config's model; use a checkpoint of this model (partial "
+        "loads are for training, where what is missing is trained)"
+    )
+
+
+def uninitialized_message(uninitialized, all_keys):
+    """The error of :class:`UninitializedParametersError`: ``uninitialized`` maps state-dict keys
+    to the source (file, config key) of the load that left them without a value; the keys are
+    grouped by module (:func:`group_keys`), per source, each with a hint."""
+    by_source = {}
+    for k, source in uninitialized.items():
+        by_source.setdefault(source, []).append(k)
+    parts = [
+        f"{describe_groups(group_keys(keys, all_keys))} missing from {source}: "
+        + _hint(keys, source)
+        for source, keys in by_source.items()
+    ]
+    return "cannot run inference with parameters left uninitialized: " + "; ".join(parts)
 
 
 def rename_legacy_keys(state_dict, prefix=""):
@@ -105,7 +188,9 @@ class DetrCheckpointer(DetectionCheckpointer):
     A class head whose shape differs from the model's (another ``MODEL.DETR.NUM_CLASSES``) is
     skipped, so it keeps its fresh initialization, and the log says so. Any other shape mismatch is
     an error naming the keys: Detectron2 alone would skip those too, with a warning that is easy to
-    miss.
+    miss. What the checkpoint leaves uninitialized (missing or skipped) is logged grouped by module
+    ("Initialized from scratch"); the model itself (``DetrPanoptic``) refuses to run inference with
+    it until it has been trained.
     """
 
     def _load_file(self, filename):
@@ -139,7 +224,16 @@ class DetrCheckpointer(DetectionCheckpointer):
                 f"mismatch (checkpoint, model) of {others}. Only the class head may differ "
                 "(fine-tuning onto other classes)."
             )
-        incompatible = super()._load_model(checkpoint)
+        source = getattr(self, "_loading", "the checkpoint")
+        # the model's load hook names the file in its record of what stays uninitialized
+        self.model._checkpoint_source = source
+        try:
+            incompatible = super()._load_model(checkpoint)
+        finally:
+            del self.model._checkpoint_source
+        if incompatible.missing_keys:
+            groups = group_keys(incompatible.missing_keys, list(own))
+            logger.info(f"Initialized from scratch (not in {source}): {describe_groups(groups)}")
         if mismatched:
             num_classes = own["detr.class_embed.bias"].shape[0] - 1
             logger.info(

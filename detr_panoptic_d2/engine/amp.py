@@ -1,12 +1,14 @@
 """Mixed-precision training (``SOLVER.AMP``) on CUDA and on the CPU.
 
 Detectron2's ``AMPTrainer`` autocasts with ``torch.cuda.amp`` and asserts that CUDA is available.
-:class:`DetrAMPTrainer` autocasts on the model's device type instead: on the CPU in bfloat16 (fast
-on CPUs with AVX512-BF16 or AMX), on CUDA in bfloat16 or float16 (``SOLVER.AMP.PRECISION``). A
-gradient scaler is used for float16 only: bfloat16 has float32's exponent range, so its gradients do
-not underflow.
+:class:`DetrAMPTrainer` autocasts on the model's device type instead, in bfloat16 or float16
+(``SOLVER.AMP.PRECISION``) on CUDA and on the CPU (bfloat16 is fast on CPUs with AVX512-BF16 or
+AMX; float16 runs on the CPU too, with a warning: it may be slower than float32 there). A gradient
+scaler is used for float16 only: bfloat16 has float32's exponent range, so its gradients do not
+underflow.
 """
 
+import logging
 import time
 
 import torch
@@ -14,6 +16,8 @@ from detectron2.engine import AMPTrainer, SimpleTrainer
 from detectron2.utils.events import get_event_storage
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+logger = logging.getLogger(__name__)
 
 
 class DetrAMPTrainer(AMPTrainer):
@@ -28,8 +32,11 @@ class DetrAMPTrainer(AMPTrainer):
     ):
         if precision not in AMP_DTYPES.values():
             raise ValueError(f"AMP precision must be bfloat16 or float16, got {precision}")
-        if precision == torch.float16 and device_type != "cuda":
-            raise ValueError("float16 mixed precision needs CUDA; use bfloat16 on the CPU")
+        if precision == torch.float16 and device_type == "cpu":
+            logger.warning(
+                "SOLVER.AMP.PRECISION float16 on the CPU: supported (with a gradient scaler), but "
+                "it may be slower than float32; bfloat16 is the CPU's fast mixed precision"
+            )
         scaler = torch.amp.GradScaler(device_type, enabled=precision == torch.float16)
         super().__init__(
             model, data_loader, optimizer, grad_scaler=scaler, precision=precision, **kwargs

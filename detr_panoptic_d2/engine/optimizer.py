@@ -1,6 +1,7 @@
 """DETR's optimizer: AdamW, a lower learning rate for the backbone, full-model gradient clipping."""
 
 import torch
+from torch import nn
 
 
 def _clip_full_model(optimizer_cls, max_norm, norm_type):
@@ -17,14 +18,28 @@ def _clip_full_model(optimizer_cls, max_norm, norm_type):
     return FullModelGradientClippingOptimizer
 
 
+def backbone_module(model):
+    """The backbone of ``model`` (unwrapped from DistributedDataParallel / DataParallel):
+    ``model.detr.backbone`` (DetrPanoptic), else ``model.backbone``, else None."""
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    for owner in (getattr(model, "detr", None), model):
+        backbone = getattr(owner, "backbone", None)
+        if isinstance(backbone, nn.Module):
+            return backbone
+    return None
+
+
 def build_detr_optimizer(cfg, model):
-    """AdamW (or SGD) over the trainable parameters; backbone parameters at
-    BASE_LR * BACKBONE_MULTIPLIER."""
+    """AdamW (or SGD) over the trainable parameters; the backbone's (the parameters of the module
+    :func:`backbone_module` finds, whatever their names) at BASE_LR * BACKBONE_MULTIPLIER."""
+    found = backbone_module(model)
+    in_backbone = set() if found is None else {id(p) for p in found.parameters()}
     backbone, rest = [], []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         if not p.requires_grad:
             continue
-        (backbone if name.startswith("backbone.") else rest).append(p)
+        (backbone if id(p) in in_backbone else rest).append(p)
     lr, wd = cfg.SOLVER.BASE_LR, cfg.SOLVER.WEIGHT_DECAY
     groups = [{"params": rest, "lr": lr}]
     if backbone:

@@ -8,6 +8,7 @@ from the traced module with the TorchScript-based exporter (``dynamo=False``) at
 dynamic height and width, then checked with ``onnx.checker``.
 """
 
+import copy
 import logging
 import os
 import warnings
@@ -194,7 +195,12 @@ def export_model(
 ):
     """Export ``model`` (a ``DetrPanoptic`` built from ``cfg``, weights loaded) to ``output_dir``:
     ``model.ts`` or ``model.onnx``, and ``deploy.json``. Returns (model file path, deploy dict,
-    sample)."""
+    sample).
+
+    Traced on the CPU whatever the model's device (a copy of a model on another device is moved
+    there; ``model`` itself stays where it is): the graph creates its tensors from its input and
+    its module tensors, so that the file runs on any device (``torch.jit.load(map_location=...)``,
+    :class:`detr_panoptic_runtime.ExportedPanopticModel`)."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {sorted(FORMATS)}, got {fmt!r}")
     if mask_queries not in MASK_QUERY_MODES:
@@ -203,7 +209,9 @@ def export_model(
         raise ValueError(f"INPUT.FORMAT must be RGB or BGR to export, got {cfg.INPUT.FORMAT!r}")
     os.makedirs(output_dir, exist_ok=True)
     model = model.eval()
-    device = model.device
+    if model.device.type != "cpu":
+        model = copy.deepcopy(model).to("cpu")
+    device = torch.device("cpu")
     sample = sample_input(cfg, sample_image, device)
     path = os.path.join(output_dir, FORMATS[fmt])
     if fmt == "torchscript":

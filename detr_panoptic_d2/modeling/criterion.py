@@ -7,6 +7,7 @@ from torch import nn
 from torchvision.ops import generalized_box_iou, sigmoid_focal_loss
 
 from .box_ops import cxcywh_to_xyxy
+from .inference_opt import autocast_off
 
 
 def dice_loss(inputs, targets, num_boxes):
@@ -140,7 +141,8 @@ class SetCriterion(nn.Module):
 
     def loss_masks(self, pred_masks, targets, indices, num_boxes):
         """pred_masks: (K, h, w) mask logits of the matched queries in ``matched_query_index``
-        order, bilinearly upsampled here to the padded target size."""
+        order, bilinearly upsampled here to the padded target size; the losses in float32."""
+        pred_masks = pred_masks.to(torch.promote_types(pred_masks.dtype, torch.float32))
         target_masks = torch.cat([t["masks"][j] for t, (_, j) in zip(targets, indices)]).to(
             pred_masks
         )
@@ -246,7 +248,12 @@ class SetCriterion(nn.Module):
         "masks" (T, H_pad, W_pad). indices: the matching of the last layer,
         ``self.matcher(outputs, targets)``. pred_masks: (K, h, w) mask logits of the matched
         queries (``matched_query_index`` order), required when "masks" is among the losses.
+        Computed in float32 under mixed-precision training (autocast off) too.
         """
+        with autocast_off(outputs["pred_logits"].device.type):
+            return self._losses_and_metrics(outputs, targets, indices, pred_masks)
+
+    def _losses_and_metrics(self, outputs, targets, indices, pred_masks):
         num_boxes = self.num_boxes(targets, outputs["pred_logits"].device)
         raw = self._detection_losses(outputs, targets, indices, num_boxes)
         group = outputs.get("group_outputs") if raw else None

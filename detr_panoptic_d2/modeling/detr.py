@@ -8,6 +8,7 @@ from detectron2.modeling import build_backbone
 from torch import nn
 
 from .backbone import downsample_padding_mask
+from .inference_opt import autocast_off
 from .position_encoding import PositionEmbeddingSine
 from .training_queries import TrainingQueries, split_training_outputs
 from .transformer import Transformer
@@ -132,9 +133,11 @@ class DETR(nn.Module):
             hs, memory = self.transformer(
                 src_proj, mask, self.query_embed.weight, pos
             )  # (L, B, N, C), (B, C, h, w)
-        heads_in = hs.to(self.class_embed.weight.dtype)  # float32 heads under a bf16 / fp16 body
-        outputs_class = self.class_embed(heads_in)
-        outputs_coord = self.bbox_embed(heads_in).sigmoid()
+        # float32 heads under a bf16 / fp16 body (a reduced-precision copy, or autocast)
+        with autocast_off(hs.device.type):
+            heads_in = hs.to(self.class_embed.weight.dtype)
+            outputs_class = self.class_embed(heads_in)
+            outputs_coord = self.bbox_embed(heads_in).sigmoid()
         extra = {}
         if batch is not None:
             outputs_class, outputs_coord, extra = split_training_outputs(

@@ -10,12 +10,14 @@ or replaced (``.to()``, ``param.data = ...``), so a model that trains again and 
   bias of the convolution before it (``w' = w * s``, ``b' = beta + (b - mean) * s``, ``s = gamma /
   sqrt(var + eps)``, computed in float64), channels-last, in the compute dtype. Used by
   :class:`~detr_panoptic_d2.modeling.backbone.DetrResNet` at inference.
-* :class:`InferenceRunner`: the DETR body at ``MODEL.DETR.TEST.PRECISION``. "bf16" (and "fp16", CUDA
-  only) runs the backbone, input projection and transformer with a reduced-precision copy of their
-  weights, cast once; the class and box heads, the mask head's attention maps and its final mask
-  logits stay in float32 (the mask head itself follows the dtype of the features it reads).
+* :class:`InferenceRunner`: the DETR body at ``MODEL.DETR.TEST.PRECISION``. "bf16" and "fp16" (on
+  any device; fp16 on the CPU with a warning: it may be slower than fp32 there) run the backbone,
+  input projection and transformer with a reduced-precision copy of their weights, cast once; the
+  class and box heads, the mask head's attention maps and its final mask logits stay in float32
+  (the mask head itself follows the dtype of the features it reads).
 """
 
+import contextlib
 import logging
 
 import torch
@@ -32,6 +34,16 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 def is_tracing():
     """True while ``torch.jit.trace`` / ONNX export records the model (no host-side shape logic)."""
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def autocast_off(device_type):
+    """A context in which ``device_type``'s autocast is off, for the parts that stay float32 under
+    mixed-precision training (``SOLVER.AMP``): the class and box heads, the mask head's attention
+    maps and final mask logits, the matcher and the losses. A no-op when autocast is not on
+    (float32 training, inference, export)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _tensor_key(t):
@@ -209,16 +221,11 @@ def module_tensors(module):
 
 
 # ---- precision -----------------------------------------------------------------------------------
-def precision_dtype(precision, device=None):
-    """``MODEL.DETR.TEST.PRECISION`` ("fp32", "bf16", "fp16") → torch dtype; "fp16" needs CUDA
-    (checked when ``device`` is given)."""
+def precision_dtype(precision):
+    """``MODEL.DETR.TEST.PRECISION`` ("fp32", "bf16", "fp16") → torch dtype (any device)."""
     if precision not in PRECISIONS:
         raise ValueError(
             f"MODEL.DETR.TEST.PRECISION must be one of {sorted(PRECISIONS)}, got {precision!r}"
-        )
-    if precision == "fp16" and device is not None and torch.device(device).type != "cuda":
-        raise ValueError(
-            'MODEL.DETR.TEST.PRECISION "fp16" needs a CUDA device (use "bf16" on a CPU)'
         )
     return PRECISIONS[precision]
 
@@ -232,8 +239,9 @@ def bf16_is_fast():
 
 
 # Parts of the DETR body that run in float32 whatever the precision: the class and box heads (scores
-# are thresholded, boxes are outputs) and the training-only queries.
-FP32_BODY_PREFIXES = ("class_embed.", "bbox_embed.", "training_queries.")
+# are thresholded, boxes are outputs), the positional encoding's frequencies and the training-only
+# queries.
+FP32_BODY_PREFIXES = ("class_embed.", "bbox_embed.", "position_embedding.", "training_queries.")
 
 
 class InferenceRunner:
@@ -261,6 +269,11 @@ class InferenceRunner:
             logger.warning(
                 "MODEL.DETR.TEST.PRECISION bf16: this CPU has no native bf16 (AVX512-BF16 / AMX); "
                 "inference may be slower than fp32"
+            )
+        if self.dtype == torch.float16 and device.type == "cpu":
+            logger.warning(
+                "MODEL.DETR.TEST.PRECISION fp16 on the CPU: supported, but it may be slower than "
+                'fp32 (use "bf16" on a CPU with AVX512-BF16 / AMX)'
             )
 
     def _low_precision_params(self, detr):

@@ -25,10 +25,11 @@ that dtype, while the attention maps (softmax) and the final mask logits stay fl
 
 import torch
 import torch.nn.functional as F
+from detectron2.config import configurable
 from detectron2.utils.registry import Registry
 from torch import nn
 
-from .inference_opt import DerivedTensors, is_tracing
+from .inference_opt import DerivedTensors, autocast_off, is_tracing
 
 MASK_HEAD_REGISTRY = Registry("DETR_MASK_HEAD")
 MASK_HEAD_REGISTRY.__doc__ = """
@@ -57,7 +58,8 @@ class MHAttentionMap(nn.Module):
     Softmax is joint over heads and positions; padding positions get zero weight. With
     ``scale_to_uniform`` the weights are multiplied by (heads x non-padded positions), so that
     uniform attention is 1 rather than 1 / (M h w); DETR's head leaves them summing to 1. Computed
-    in the weights' dtype (float32) whatever the inputs' dtype; the softmax always in float32.
+    in the weights' dtype (float32) whatever the inputs' dtype, under autocast too; the softmax
+    always in float32.
     """
 
     def __init__(
@@ -78,6 +80,10 @@ class MHAttentionMap(nn.Module):
     def forward(self, q, k, mask=None):
         """q: (Q, C) queries of one image; k: (C, h, w) its encoded image; mask: (h, w) True on
         padding. Returns (Q, M, h, w)."""
+        with autocast_off(q.device.type):
+            return self._maps(q, k, mask)
+
+    def _maps(self, q, k, mask):
         dtype = self.q_linear.weight.dtype
         q = self.q_linear(q.to(dtype))
         k = F.conv2d(k[None].to(dtype), self.k_linear.weight[:, :, None, None], self.k_linear.bias)[
@@ -226,11 +232,13 @@ class MaskHeadSmallConv(nn.Module):
         features; batch_idx: (K,) image of each row. Returns (K, 1, H_3, W_3) float32."""
         return self._run(None, x, fpns, batch_idx)
 
-    def forward_split(self, src, maps, fpns, batch_idx):
+    def forward_split(self, src, maps, fpns, batch_idx, image_runs=None):
         """``forward(cat([src[batch_idx], maps], 1), fpns, batch_idx)`` without that concatenation:
         src: (B, C, h, w) the image features, the first C input channels of every row of image b;
-        maps: (K, M, h, w) each row's own channels. The convolutions run in src's dtype."""
-        return self._run(src, maps, fpns, batch_idx)
+        maps: (K, M, h, w) each row's own channels. The convolutions run in src's dtype.
+        image_runs: the (start, end, image) runs of batch_idx when the caller knows them on the
+        host (else the CPU path reads batch_idx)."""
+        return self._run(src, maps, fpns, batch_idx, image_runs)
 
     def _weights(self, dtype, split_at, device):
         if torch.is_grad_enabled():
@@ -244,7 +252,7 @@ class MaskHeadSmallConv(nn.Module):
             lambda: _UpsamplerWeights(self, dtype, split_at, cast_norms),
         )
 
-    def _run(self, src, maps, fpns, batch_idx):
+    def _run(self, src, maps, fpns, batch_idx, image_runs=None):
         """src None: maps holds each row's whole input (``forward``); else ``forward_split``'s."""
         ref = maps if src is None else src
         grad = torch.is_grad_enabled()
@@ -300,7 +308,8 @@ class MaskHeadSmallConv(nn.Module):
                         x = F.interpolate(x, size=cur.shape[-2:], mode="nearest")
                     x = F.conv2d(per_row(cur) + x, block["weight"], block["bias"], padding=1)
                 x = F.relu_(F.group_norm(x, *block["norm"]))
-            return F.conv2d(x.float(), *w.out, padding=1)
+            with autocast_off(x.device.type):  # float32 mask logits under autocast too
+                return F.conv2d(x.float(), *w.out, padding=1)
 
         n = maps.shape[0]
         if not cpu or n == 0:
@@ -309,10 +318,27 @@ class MaskHeadSmallConv(nn.Module):
         finest = steps[-1][1].shape[-2] * steps[-1][1].shape[-1]
         chunk = max(1, CHUNK_PIXELS // max(1, finest))
         out = []
-        for start, end, image in _image_runs(batch_idx):
+        runs = _image_runs(batch_idx) if image_runs is None else image_runs
+        for start, end, image in runs:
             for lo in range(start, end, chunk):
                 out.append(rows(lo, min(lo + chunk, end), image))
         return out[0] if len(out) == 1 else torch.cat(out)
+
+
+def _rows_by_image(batch_idx, num_images):
+    """(image, rows of batch_idx on that image, ascending) for each image that has rows. One host
+    sync (the per-image row counts); traced graphs (export) take a ``nonzero`` per image instead,
+    so that the row counts stay data-dependent in the graph."""
+    if is_tracing():
+        out = []
+        for b in range(num_images):
+            sel = (batch_idx == b).nonzero()[:, 0]
+            if len(sel):
+                out.append((b, sel))
+        return out
+    order = torch.argsort(batch_idx, stable=True)  # image by image, rows ascending in each
+    counts = torch.bincount(batch_idx, minlength=num_images).tolist()
+    return [(b, sel) for b, sel in enumerate(order.split(counts)) if counts[b]]
 
 
 def _image_runs(batch_idx):
@@ -338,28 +364,55 @@ class DetrMaskHead(nn.Module):
 
     supports_low_precision = True
 
-    def __init__(self, cfg, input_shape):
+    @configurable
+    def __init__(
+        self,
+        *,
+        hidden_dim,
+        nheads,
+        fpn_dims,
+        in_features=("res4", "res3", "res2"),
+        scale_attention_maps=False,
+    ):
+        """
+        Args:
+            hidden_dim: the transformer's width (``MODEL.DETR.HIDDEN_DIM``).
+            nheads: attention heads of the maps (``MODEL.DETR.NHEADS``).
+            fpn_dims: channels of the backbone features ``in_features``, coarse to fine.
+            in_features: the backbone features the upsampler reads, coarse to fine
+                (``MODEL.MASK_HEAD.IN_FEATURES``).
+            scale_attention_maps: ``MHAttentionMap``'s ``scale_to_uniform``
+                (``MODEL.MASK_HEAD.SCALE_ATTENTION_MAPS``).
+        """
         super().__init__()
-        hidden_dim, nheads = (
-            cfg.MODEL.DETR.HIDDEN_DIM,
-            cfg.MODEL.DETR.NHEADS,
-        )  # checked by validate_config
-        self.in_features = list(cfg.MODEL.MASK_HEAD.IN_FEATURES)
-        missing = [f for f in self.in_features if f not in input_shape]
+        self.in_features = list(in_features)
+        if len(fpn_dims) != len(self.in_features):
+            raise ValueError(
+                f"DetrMaskHead: {len(fpn_dims)} fpn_dims for {len(self.in_features)} in_features"
+            )
+        self.bbox_attention = MHAttentionMap(
+            hidden_dim, hidden_dim, nheads, dropout=0.0, scale_to_uniform=scale_attention_maps
+        )
+        self.mask_head = MaskHeadSmallConv(hidden_dim + nheads, list(fpn_dims), hidden_dim)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        """Keyword arguments from ``cfg`` (checked by ``validate_config``) and the backbone's
+        ``input_shape`` (feature name → ShapeSpec)."""
+        in_features = list(cfg.MODEL.MASK_HEAD.IN_FEATURES)
+        missing = [f for f in in_features if f not in input_shape]
         if missing:
             raise ValueError(
                 f"MODEL.MASK_HEAD.IN_FEATURES {missing} are not backbone outputs "
                 f"({sorted(input_shape)})"
             )
-        fpn_dims = [input_shape[f].channels for f in self.in_features]
-        self.bbox_attention = MHAttentionMap(
-            hidden_dim,
-            hidden_dim,
-            nheads,
-            dropout=0.0,
-            scale_to_uniform=cfg.MODEL.MASK_HEAD.SCALE_ATTENTION_MAPS,
-        )
-        self.mask_head = MaskHeadSmallConv(hidden_dim + nheads, fpn_dims, hidden_dim)
+        return {
+            "hidden_dim": cfg.MODEL.DETR.HIDDEN_DIM,
+            "nheads": cfg.MODEL.DETR.NHEADS,
+            "fpn_dims": [input_shape[f].channels for f in in_features],
+            "in_features": in_features,
+            "scale_attention_maps": cfg.MODEL.MASK_HEAD.SCALE_ATTENTION_MAPS,
+        }
 
     def forward(self, features, batch_idx, query_idx):
         """features: ``DETR.forward``'s feature dict; batch_idx, query_idx: (K,) image and query of
@@ -371,23 +424,27 @@ class DetrMaskHead(nn.Module):
         )
         fpns = [features["backbone"][f] for f in self.in_features]
         rows = []
-        for b in range(box_embed.shape[0]):
-            sel = (batch_idx == b).nonzero()[:, 0]
-            if len(sel):
-                rows.append(
-                    (
-                        sel,
-                        self.bbox_attention(
-                            box_embed[b, query_idx[sel]], memory[b], memory_mask[b]
-                        ),
-                    )
-                )
-        if not rows:
+        for b, sel in _rows_by_image(batch_idx, box_embed.shape[0]):
+            attn = self.bbox_attention(box_embed[b, query_idx[sel]], memory[b], memory_mask[b])
+            rows.append((sel, attn, b))
+        if not rows and not torch.is_grad_enabled():
             return box_embed.new_zeros((0, *self.output_size(features)), dtype=torch.float32)
-        order = torch.cat([sel for sel, _ in rows])
-        attn = torch.cat([a for _, a in rows])  # (K, M, h, w), grouped by image
+        if not rows:
+            # no rows (e.g. no matched query in a training batch): the head's own computation on
+            # zero rows, (0, H/4, W/4), so that autograd (and DDP) reach each of its parameters
+            attn = self.bbox_attention(box_embed[0, :0], memory[0], memory_mask[0])
+            empty = self.mask_head.forward_split(features["src_proj"], attn, fpns, batch_idx[:0])
+            return empty[:, 0]
+        order = torch.cat([sel for sel, _, _ in rows])
+        attn = torch.cat([a for _, a, _ in rows])  # (K, M, h, w), grouped by image
         b_sorted = batch_idx[order]
-        masks = self.mask_head.forward_split(features["src_proj"], attn, fpns, b_sorted)[:, 0]
+        runs, start = [], 0  # (start, end, image) of each image's rows, known on the host
+        for sel, _, b in rows:
+            runs.append((start, start + len(sel), b))
+            start += len(sel)
+        masks = self.mask_head.forward_split(
+            features["src_proj"], attn, fpns, b_sorted, image_runs=runs
+        )[:, 0]
         out = torch.empty_like(masks)
         out[order] = masks
         return out

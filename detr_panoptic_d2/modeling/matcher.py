@@ -1,11 +1,13 @@
 """Hungarian matching between predictions and targets (DETR's bipartite assignment)."""
 
+import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 from torchvision.ops import generalized_box_iou
 
 from .box_ops import cxcywh_to_xyxy
+from .inference_opt import autocast_off
 
 
 class HungarianMatcher(nn.Module):
@@ -32,11 +34,19 @@ class HungarianMatcher(nn.Module):
         outputs: "pred_logits" (B, N, K+1), "pred_boxes" (B, N, 4) normalized cxcywh.
         targets: list of B dicts with "labels" (T_i,) and "boxes" (T_i, 4) normalized cxcywh.
         groups: number of query groups (N a multiple of it); each target is matched once per group.
-        Returns a list of B pairs (query indices, target indices), int64, sorted by query index.
+        Returns a list of B pairs (query indices, target indices), int64, sorted by query index,
+        on the device of the outputs: the costs come to the host once (one copy for the batch) for
+        ``scipy``, and the indices go back in one copy.
         """
         bs, num_queries = outputs["pred_logits"].shape[:2]
         if num_queries % groups:
             raise ValueError(f"HungarianMatcher: {num_queries} queries in {groups} equal groups")
+        with autocast_off(outputs["pred_logits"].device.type):  # float32 costs under SOLVER.AMP
+            return self._match(outputs, targets, groups)
+
+    def _match(self, outputs, targets, groups):
+        """``forward`` with autocast off."""
+        bs, num_queries = outputs["pred_logits"].shape[:2]
         out_prob = outputs["pred_logits"].flatten(0, 1).float().softmax(-1)  # (B*N, K+1)
         out_bbox = outputs["pred_boxes"].flatten(0, 1).float()
         tgt_ids = torch.cat([t["labels"] for t in targets])
@@ -52,12 +62,17 @@ class HungarianMatcher(nn.Module):
 
         sizes = [len(t["boxes"]) for t in targets]
         per_group = num_queries // groups
-        indices = []
+        host = []  # per image: (query indices, target indices), numpy, on the host
         for i, c in enumerate(cost.split(sizes, -1)):
             rows, cols = [], []
             for g, cg in enumerate(c[i].split(per_group, 0)):
                 r, j = linear_sum_assignment(cg)
-                rows.append(torch.as_tensor(r, dtype=torch.int64) + g * per_group)
-                cols.append(torch.as_tensor(j, dtype=torch.int64))
-            indices.append((torch.cat(rows), torch.cat(cols)))
-        return indices
+                rows.append(r.astype(np.int64) + g * per_group)
+                cols.append(j.astype(np.int64))
+            host.append((np.concatenate(rows), np.concatenate(cols)))
+        # one host-to-device copy of every index of the batch, split back per image
+        flat = torch.from_numpy(np.concatenate([np.concatenate(p) for p in host]))
+        flat = flat.to(outputs["pred_logits"].device, non_blocking=True)
+        lengths = [n for r, j in host for n in (len(r), len(j))]
+        parts = flat.split(lengths)
+        return [(parts[2 * i], parts[2 * i + 1]) for i in range(len(host))]

@@ -8,7 +8,14 @@ from detectron2.structures import ImageList
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
-from ..checkpoint.loading import load_detr_body, load_submodule, rename_legacy_keys
+from ..checkpoint.loading import (
+    TRAINING_ONLY_PREFIXES,
+    UninitializedParametersError,
+    load_detr_body,
+    load_submodule,
+    rename_legacy_keys,
+    uninitialized_message,
+)
 from ..config import validate_config
 from .criterion import SetCriterion
 from .detr import DETR
@@ -29,6 +36,14 @@ class DetrPanoptic(nn.Module):
     ``semantic_on``, "sem_seg" (both with a mask head). Stage 2 (``frozen_weights``): the DETR body
     is loaded from a stage-1 checkpoint, frozen and kept in eval mode; only the mask head trains.
     Inference runs at ``test_precision`` (:class:`.inference_opt.InferenceRunner`).
+
+    Partial loads (``load_state_dict(strict=False)``, as Detectron2's checkpointers do, and the
+    stage-2 loads above) are recorded: what no load gave a value stays "uninitialized" until the
+    model trains (a training forward), and inference with it is an
+    :class:`UninitializedParametersError` naming the missing modules and the file (at the first
+    inference forward, or at the load itself when the model is in eval mode, as in
+    ``DefaultPredictor``). ``weights_name`` (``MODEL.WEIGHTS``) names the file when the loader does
+    not (``DetrCheckpointer`` does). A model nothing was loaded into is not checked.
     """
 
     @configurable
@@ -45,8 +60,13 @@ class DetrPanoptic(nn.Module):
         mask_head_weights="",
         train_matched_only=True,
         test_precision="fp32",
+        weights_name="",
     ):
         super().__init__()
+        # state-dict keys no load gave a value, with the load that left them so; None: no load yet
+        self._uninitialized = None
+        self._weights_name = weights_name
+        self.register_load_state_dict_post_hook(_record_load_hook)
         # inference at MODEL.DETR.TEST.PRECISION (a reduced-precision weight copy, not a module)
         self.inference_runner = InferenceRunner(test_precision)
         self.detr = detr
@@ -60,9 +80,11 @@ class DetrPanoptic(nn.Module):
         if self.frozen:
             load_detr_body(self.detr, frozen_weights, "MODEL.DETR.FROZEN_WEIGHTS")
             self.detr.requires_grad_(False)
+            self._record_partial_load("detr.", f"MODEL.DETR.FROZEN_WEIGHTS {frozen_weights}")
         if mask_head_weights:  # e.g. an official checkpoint's, for fine-tuning on other classes
             key = "MODEL.MASK_HEAD.WEIGHTS"
             load_submodule(self.mask_head, mask_head_weights, "mask_head.", key)
+            self._record_partial_load("mask_head.", f"{key} {mask_head_weights}")
 
     @classmethod
     def from_config(cls, cfg):
@@ -106,6 +128,7 @@ class DetrPanoptic(nn.Module):
             "mask_head_weights": cfg.MODEL.MASK_HEAD.WEIGHTS,
             "train_matched_only": cfg.MODEL.MASK_HEAD.TRAIN_MATCHED_ONLY,
             "test_precision": d.TEST.PRECISION,
+            "weights_name": cfg.MODEL.WEIGHTS,
         }
 
     @property
@@ -121,7 +144,43 @@ class DetrPanoptic(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints written before the DETR body had its own module
         rename_legacy_keys(state_dict, prefix)
+        self._state_prefix = prefix  # _record_load_hook reads the missing keys under it
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # ---- initialization check ------------------------------------------------------------------
+    def _checked_keys(self):
+        """The state-dict keys inference reads (training-only queries excluded)."""
+        return [
+            k for k in self.state_dict(keep_vars=True) if not k.startswith(TRAINING_ONLY_PREFIXES)
+        ]
+
+    def record_load(self, missing_keys, source):
+        """Record a load from ``source`` (a file, a config key) that gave a value to every
+        state-dict key but ``missing_keys`` (this model's names). Keys an earlier load gave a value
+        keep it. In eval mode, raises at once if anything is left uninitialized."""
+        before = self._uninitialized
+        missing = set(missing_keys)
+        self._uninitialized = {
+            k: source
+            for k in self._checked_keys()
+            if k in missing and (before is None or k in before)
+        }
+        if not self.training:
+            self.check_initialized()
+
+    def _record_partial_load(self, prefix, source):
+        """Record a strict load of the ``prefix`` part of the model only."""
+        self.record_load(
+            [k for k in self.state_dict(keep_vars=True) if not k.startswith(prefix)], source
+        )
+
+    def check_initialized(self):
+        """Raise :class:`UninitializedParametersError` if a load left parameters or buffers
+        without a value and the model has not trained since."""
+        if self._uninitialized:
+            raise UninitializedParametersError(
+                uninitialized_message(self._uninitialized, list(self.state_dict(keep_vars=True)))
+            )
 
     def preprocess_image(self, batched_inputs):
         """Normalized images padded to a batch, and the padding mask (B, H_pad, W_pad), True on
@@ -139,12 +198,15 @@ class DetrPanoptic(nn.Module):
 
     def forward(self, batched_inputs):
         if not self.training:
+            self.check_initialized()
             with torch.inference_mode():
                 images, mask = self.preprocess_image(batched_inputs)
                 outputs, features = self.inference_runner(
                     self.detr, images.tensor, mask, self.mask_head
                 )
                 return self.inference(batched_inputs, images, outputs, features)
+        if self._uninitialized:  # training gives them values: inference may follow
+            self._uninitialized = {}
         images, mask = self.preprocess_image(batched_inputs)
         targets = self.prepare_targets(batched_inputs, images)  # denoising queries read them
         with torch.set_grad_enabled(not self.frozen):
@@ -157,7 +219,10 @@ class DetrPanoptic(nn.Module):
         return targets_from_instances(batched_inputs, images, self.mask_head is not None)
 
     def losses(self, batched_inputs, images, outputs, features, targets=None):
-        """Match, predict masks for the matched queries, compute the losses with that matching."""
+        """Match, predict masks for the matched queries, compute the losses with that matching.
+        Non-finite outputs are a ``FloatingPointError`` (:func:`check_finite_outputs`) before the
+        matcher sees them; non-finite losses are Detectron2's trainer's (it names them)."""
+        check_finite_outputs(outputs)
         if targets is None:
             targets = self.prepare_targets(batched_inputs, images)
         indices = self.criterion.matcher(outputs, targets)
@@ -168,26 +233,41 @@ class DetrPanoptic(nn.Module):
                 pred_masks = self.mask_head(features, b, q)
             else:  # every query, then the matched rows: same losses and gradients, for comparison
                 bsz, n = outputs["pred_logits"].shape[:2]
-                all_b, all_q = torch.arange(bsz).repeat_interleave(n), torch.arange(n).repeat(bsz)
-                all_masks = self.mask_head(features, all_b.to(b), all_q.to(q))  # (B * N, h, w)
+                all_b = torch.arange(bsz, device=b.device).repeat_interleave(n)
+                all_q = torch.arange(n, device=q.device).repeat(bsz)
+                all_masks = self.mask_head(features, all_b, all_q)  # (B * N, h, w)
                 pred_masks = all_masks.view(bsz, n, *all_masks.shape[-2:])[b, q]
         losses, metrics = self.criterion(outputs, targets, indices, pred_masks)
         try:
-            get_event_storage().put_scalars(**{k: float(v) for k, v in metrics.items()})
+            storage = get_event_storage()
         except AssertionError:  # outside an EventStorage: metrics are not recorded
-            pass
+            storage = None
+        if storage is not None and metrics:
+            # one host sync for all the metrics: stacked on the device, then copied at once
+            values = torch.stack(
+                [torch.as_tensor(v, device=self.device).detach().float() for v in metrics.values()]
+            )
+            storage.put_scalars(**dict(zip(metrics, values.tolist())))
         return losses
 
     # ---- inference -----------------------------------------------------------------------------
     def inference(self, batched_inputs, images, outputs, features):
+        """Per image, the post-processor's results. With a mask head, the masks of every image's
+        queries that can reach an output are computed in one mask-head call for the batch (a
+        constant number of host syncs, not a few per image), then split per image."""
+        per_image = [None] * len(batched_inputs)
+        if self.mask_head is not None:
+            # mask logits only for the queries that can reach an output (sorted query indices)
+            need = torch.stack(
+                [self.postprocessor.queries_needing_masks(lg) for lg in outputs["pred_logits"]]
+            )  # (B, N)
+            batch_idx, queries = need.nonzero(as_tuple=True)  # image by image, queries ascending
+            masks = self.mask_head(features, batch_idx, queries)
+            per_image = masks.split(need.sum(1).tolist())
         results = []
         for b, (x, image_size) in enumerate(zip(batched_inputs, images.image_sizes)):
             logits, boxes = outputs["pred_logits"][b], outputs["pred_boxes"][b]
-            mask_logits = None
-            if self.mask_head is not None:
-                # mask logits only for the queries that can reach an output (sorted query indices)
-                queries = self.postprocessor.queries_needing_masks(logits).nonzero()[:, 0]
-                mask_logits = self.mask_head(features, torch.full_like(queries, b), queries)
+            mask_logits = per_image[b]
             out_size = (x.get("height", image_size[0]), x.get("width", image_size[1]))
             results.append(
                 self.postprocessor(
@@ -195,3 +275,62 @@ class DetrPanoptic(nn.Module):
                 )
             )
         return results
+
+
+def _record_load_hook(module, incompatible_keys):
+    """``load_state_dict`` post-hook of :class:`DetrPanoptic`: records the keys the load left
+    missing (:meth:`DetrPanoptic.record_load`), naming the file the checkpointer set, or
+    MODEL.WEIGHTS."""
+    prefix = getattr(module, "_state_prefix", "")
+    missing = [k[len(prefix) :] for k in incompatible_keys.missing_keys if k.startswith(prefix)]
+    source = getattr(module, "_checkpoint_source", None)
+    if source is None:
+        source = (
+            f"{module._weights_name} (MODEL.WEIGHTS)"
+            if module._weights_name
+            else "the loaded state dict"
+        )
+    module.record_load(missing, source)
+
+
+def named_float_outputs(outputs, prefix=""):
+    """(name, tensor) of every floating-point tensor of a (nested) outputs dict: at each level its
+    tensors, then its lists (the auxiliary layers), then its dicts (training-only queries):
+    "pred_logits", "pred_boxes", "aux_outputs[0].pred_logits", ..., "dn_outputs.pred_logits"."""
+
+    def kind(item):
+        return 0 if isinstance(item[1], torch.Tensor) else 1 if isinstance(item[1], list) else 2
+
+    for key, value in sorted(outputs.items(), key=kind):
+        name = prefix + key
+        if isinstance(value, torch.Tensor):
+            if value.is_floating_point():
+                yield name, value
+        elif isinstance(value, dict):
+            yield from named_float_outputs(value, name + ".")
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                if isinstance(item, dict):
+                    yield from named_float_outputs(item, f"{name}[{i}].")
+
+
+def check_finite_outputs(outputs):
+    """Raise ``FloatingPointError`` naming the iteration (in an EventStorage) and the first
+    non-finite entry of ``outputs`` (DETR's outputs dict). One host sync: the finiteness of every
+    entry is reduced on the device to one flag; names are looked at only on failure."""
+    named = list(named_float_outputs(outputs))
+    if not named:
+        return
+    finite = torch.stack([t.isfinite().all() for _, t in named])
+    if bool(finite.all()):
+        return
+    name = named[finite.tolist().index(False)][0]
+    try:
+        where = f" at iteration={get_event_storage().iter}"
+    except AssertionError:  # outside an EventStorage
+        where = ""
+    raise FloatingPointError(
+        f"Model output {name} is infinite or NaN{where} (before matching): the training "
+        "diverged, or the weights hold NaN/Inf (a bad checkpoint?). The last checkpoint written "
+        "before this iteration is the last good one."
+    )

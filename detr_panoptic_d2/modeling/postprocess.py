@@ -52,25 +52,55 @@ def thing_classes_from_metadata(dataset_names, num_classes):
     return torch.ones(num_classes, dtype=torch.bool)
 
 
-def detr_instances(boxes, scores, classes, mask_logits, image_size, out_size):
+def _nearest_index(n_in, n_out, device):
+    """(n_out,) source index of each output row of ``F.interpolate(mode="nearest")`` from n_in
+    rows: interpolate's own choice, read off an index ramp (exact in float32 below 2**24)."""
+    ramp = torch.arange(n_in, dtype=torch.float32, device=device)[None, None, :, None]
+    return F.interpolate(ramp, size=(n_out, 1), mode="nearest")[0, 0, :, 0].long()
+
+
+def resize_masks_nearest(masks, out_size, index=None, chunk_pixels=2**26):
+    """(Q, h, w) bool masks, or mask logits (then binarized: > 0) → (K, H, W) bool masks of the
+    rows ``index`` (K,) (default: all), equal to ``F.interpolate(masks[index][:, None].float(),
+    out_size, mode="nearest")[:, 0] > 0.5``, without that float copy (nor a copy of the selected
+    rows): a gather of interpolate's source rows and columns into a preallocated bool tensor, a few
+    masks (about ``chunk_pixels`` output pixels) at a time."""
+    h_out, w_out = out_size
+    n = masks.shape[0] if index is None else index.numel()
+    out = torch.empty((n, h_out, w_out), dtype=torch.bool, device=masks.device)
+    if out.numel() == 0:
+        return out
+    rows = _nearest_index(masks.shape[1], h_out, masks.device)[:, None]
+    cols = _nearest_index(masks.shape[2], w_out, masks.device)
+    chunk = max(1, chunk_pixels // (h_out * w_out))
+    for i in range(0, n, chunk):
+        part = masks[i : i + chunk] if index is None else masks[index[i : i + chunk]]
+        if part.dtype != torch.bool:
+            part = part > 0
+        out[i : i + chunk] = part[:, rows, cols]
+    return out
+
+
+def detr_instances(boxes, scores, classes, mask_logits, image_size, out_size, mask_rows=None):
     """Boxes (Q, 4) normalized cxcywh and optional mask logits (Q, H_img, W_img) at the processed
     image size → Detectron2 ``Instances`` at ``out_size`` (boxes rescaled and clipped, empty boxes
-    dropped, masks binarized at the image size and nearest-resized, as DETR)."""
+    dropped, masks binarized at the image size and nearest-resized, as DETR). ``mask_rows`` (Q,):
+    the row of each box's mask in ``mask_logits`` (default: row i for box i), so that a caller
+    need not copy them out of a larger tensor. Memory beyond the (Q, H_out, W_out) bool masks stays
+    at a few masks' worth (:func:`resize_masks_nearest`)."""
     h, w = image_size
     inst = Instances(image_size)
     inst.pred_boxes = Boxes(cxcywh_to_xyxy(boxes) * boxes.new_tensor([w, h, w, h]))
     inst.scores = scores
     inst.pred_classes = classes
-    if mask_logits is not None:  # carried through detector_postprocess, which drops empty boxes
-        inst.pred_mask_logits = mask_logits
+    if mask_logits is not None:  # the rows detector_postprocess keeps (it drops empty boxes)
+        if mask_rows is None:
+            mask_rows = torch.arange(len(boxes), device=boxes.device)
+        inst.mask_rows = mask_rows
     inst = detector_postprocess(inst, *out_size)
     if mask_logits is not None:
-        m = (inst.pred_mask_logits > 0)[:, None].float()
-        inst.remove("pred_mask_logits")
-        if len(m):
-            inst.pred_masks = F.interpolate(m, size=out_size, mode="nearest")[:, 0] > 0.5
-        else:
-            inst.pred_masks = torch.zeros((0, *out_size), dtype=torch.bool, device=m.device)
+        inst.pred_masks = resize_masks_nearest(mask_logits, out_size, index=inst.mask_rows)
+        inst.remove("mask_rows")
     return inst
 
 
@@ -206,10 +236,11 @@ class PanopticPostProcessor(nn.Module):
                 boxes[inst_sel],
                 inst_scores[inst_sel],
                 inst_labels[inst_sel],
-                None if whole is None else rows(inst_sel, whole),
+                whole,
                 image_size,
                 out_size,
-            )
+                mask_rows=None if whole is None else inst_sel[need].nonzero()[:, 0],
+            )  # the rows of ``whole``, not a copy of them
         if self.semantic_on:
             res["sem_seg"] = semantic_inference(
                 logits, mask_logits, padded_size, image_size, out_size

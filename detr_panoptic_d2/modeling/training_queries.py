@@ -63,6 +63,12 @@ class QueryBatch(NamedTuple):
     dn_boxes: Optional[torch.Tensor]  # (B, D * P, 4) noised cxcywh boxes, zeros on padding
 
 
+def _rng_device(tensor, generator):
+    """Where the noise is drawn: on ``generator``'s device when one is given (a generator draws on
+    its own device only), else on the tensor's (no host draw and copy per step on a GPU)."""
+    return tensor.device if generator is None else generator.device
+
+
 def noise_boxes(boxes, scale, generator=None):
     """DN-DETR's box noise. boxes: (..., 4) normalized cxcywh. The centre moves by a uniform amount
     in [-scale, scale] x (w/2, h/2), width and height change by [-scale, scale] x (w, h); the result
@@ -71,7 +77,9 @@ def noise_boxes(boxes, scale, generator=None):
         return boxes.clone()
     wh = boxes[..., 2:]
     span = torch.cat([wh / 2, wh], dim=-1)
-    u = torch.rand(boxes.shape, generator=generator, dtype=boxes.dtype)
+    u = torch.rand(
+        boxes.shape, generator=generator, dtype=boxes.dtype, device=_rng_device(boxes, generator)
+    )
     u = u.to(boxes.device) * 2 - 1
     return (boxes + u * span * scale).clamp(0.0, 1.0)
 
@@ -81,8 +89,10 @@ def noise_labels(labels, ratio, num_classes, generator=None):
     uniformly from [0, num_classes) (which may be the same class)."""
     if ratio <= 0:
         return labels.clone()
-    flip = torch.rand(labels.shape, generator=generator).to(labels.device) < ratio
-    other = torch.randint(0, num_classes, labels.shape, generator=generator).to(labels)
+    device = _rng_device(labels, generator)
+    flip = torch.rand(labels.shape, generator=generator, device=device).to(labels.device) < ratio
+    other = torch.randint(0, num_classes, labels.shape, generator=generator, device=device)
+    other = other.to(labels)
     return torch.where(flip, other, labels)
 
 
@@ -101,8 +111,9 @@ def training_query_mask(num_queries, groups, dn_copies=0, dn_slots=0, dn_valid=N
     where query i (row) may not attend query j (column).
 
     Returns (Q, Q), Q = groups * num_queries + dn_copies * dn_slots; or (B, Q, Q) when
-    ``dn_valid`` (B, dn_slots) marks padding slots, whose keys are then hidden from every query
-    but themselves."""
+    ``dn_valid`` (B, dn_slots) is given (with denoising): False marks padding slots, whose keys are
+    then hidden from every query but themselves. Pass None when no slot is padding (the caller
+    knows it from the target counts, without a host sync)."""
     n_match = groups * num_queries
     total = n_match + dn_copies * dn_slots
     idx = torch.arange(total, device=device)
@@ -115,7 +126,7 @@ def training_query_mask(num_queries, groups, dn_copies=0, dn_slots=0, dn_valid=N
     blocked = block[:, None] != block[None, :]
     is_dn = idx >= n_match
     blocked &= ~(is_dn[:, None] & (idx < num_queries)[None, :])  # dn queries see group 0
-    if dn_valid is None or dn_copies == 0 or bool(dn_valid.all()):
+    if dn_valid is None or dn_copies == 0:
         return blocked
     pad_key = torch.cat(
         [
@@ -229,7 +240,11 @@ class TrainingQueries(nn.Module):
             dn_pos = self.dn_box_embed(box_sine_embedding(dn_boxes, c // 2)).to(query_pos.dtype)
             query_pos = torch.cat([query_pos, dn_pos.transpose(0, 1)], dim=0)
             tgt = torch.cat([tgt, content.transpose(0, 1)], dim=0)
-        mask = training_query_mask(n, self.groups, self.dn_copies, dn_slots, dn_valid, device)
+        # no padding slot (every image has P targets, known on the host): the (Q, Q) mask, without
+        # asking the device whether dn_valid is all True
+        full = targets is None or all(len(t["labels"]) == dn_slots for t in targets)
+        mask_valid = None if full else dn_valid
+        mask = training_query_mask(n, self.groups, self.dn_copies, dn_slots, mask_valid, device)
         return QueryBatch(
             query_pos,
             tgt,
