@@ -13,6 +13,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGE1 = os.path.join(REPO, "configs", "toy", "detr_R18_toy_stage1.yaml")
 STAGE2 = os.path.join(REPO, "configs", "toy", "detr_R18_toy_stage2.yaml")
 TOY_NUM_TRAIN, TOY_NUM_VAL, TOY_IMAGE_SIZE = 8, 4, (64, 96)
+# The device the tiny configs put the model on: "cpu", or e.g. "cuda" when the GPU check
+# (benchmarks/gpu_check.py) runs the tests on a GPU.
+TEST_DEVICE = os.environ.get("DETR_TEST_DEVICE", "cpu")
 
 
 def tiny_opts(out_dir, max_iter=2, toy_root=None):
@@ -22,7 +25,7 @@ def tiny_opts(out_dir, max_iter=2, toy_root=None):
     toy_root = toy_root or os.path.join(str(out_dir), "toy")
     return [
         "MODEL.DEVICE",
-        "cpu",
+        TEST_DEVICE,
         "MODEL.DETR.ENC_LAYERS",
         "1",
         "MODEL.DETR.DEC_LAYERS",
@@ -99,3 +102,53 @@ def generate_tiny_toy(root):
         root, num_train=TOY_NUM_TRAIN, num_val=TOY_NUM_VAL, image_size=TOY_IMAGE_SIZE
     )
     return str(root)
+
+
+def write_targetless_panoptic(root, num_images=4, size=(64, 80), crowd_every=2):
+    """A toy-category panoptic set (COCO panoptic format) whose images give no training target:
+    every other image (``crowd_every``) has one crowd thing segment only, the others no segment at
+    all (void PNG). Returns (image_root, panoptic_root, panoptic_json)."""
+    import json
+
+    import numpy as np
+    from panopticapi.utils import id2rgb
+    from PIL import Image
+
+    from detr_panoptic_d2.data.toy_dataset import TOY_CATEGORIES
+
+    root = os.fspath(root)
+    image_root, panoptic_root = os.path.join(root, "images"), os.path.join(root, "panoptic")
+    os.makedirs(image_root, exist_ok=True)
+    os.makedirs(panoptic_root, exist_ok=True)
+    rng = np.random.default_rng(0)
+    h, w = size
+    thing = next(c for c in TOY_CATEGORIES if c["isthing"])
+    images, annotations = [], []
+    for i in range(num_images):
+        stem = f"{i + 1:06d}"
+        rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(rgb).save(os.path.join(image_root, stem + ".jpg"), quality=95)
+        ids = np.zeros((h, w), dtype=np.int64)
+        segments = []
+        if crowd_every and i % crowd_every == 0:
+            ids[h // 4 : h // 2, w // 4 : w // 2] = 1000
+            area = int((ids == 1000).sum())
+            x0, y0 = w // 4, h // 4
+            segments.append(
+                {
+                    "id": 1000,
+                    "category_id": thing["id"],
+                    "iscrowd": 1,
+                    "area": area,
+                    "bbox": [x0, y0, w // 2 - x0, h // 2 - y0],
+                }
+            )
+        Image.fromarray(id2rgb(ids)).save(os.path.join(panoptic_root, stem + ".png"))
+        images.append({"id": i + 1, "file_name": stem + ".jpg", "height": h, "width": w})
+        annotations.append(
+            {"image_id": i + 1, "file_name": stem + ".png", "segments_info": segments}
+        )
+    panoptic_json = os.path.join(root, "panoptic.json")
+    with open(panoptic_json, "w") as f:
+        json.dump({"images": images, "annotations": annotations, "categories": TOY_CATEGORIES}, f)
+    return image_root, panoptic_root, panoptic_json

@@ -250,9 +250,16 @@ def register_toy_panoptic_from_cfg(cfg):
         return
     toy = cfg.DATASETS.TOY
     thing_colors = check_thing_colors(toy.get("THING_COLORS", "class"), "DATASETS.TOY.THING_COLORS")
-    if comm.is_main_process():
-        generate_toy_panoptic(
-            toy.ROOT, toy.NUM_TRAIN, toy.NUM_VAL, tuple(toy.IMAGE_SIZE), thing_colors=thing_colors
-        )
+    if comm.get_local_rank() == 0:  # on each machine: machines need not share the folder
+        from iopath.common.file_io import file_lock
+
+        with file_lock(os.path.join(toy.ROOT, "meta.json")):  # machines that share it: once
+            generate_toy_panoptic(
+                toy.ROOT,
+                toy.NUM_TRAIN,
+                toy.NUM_VAL,
+                tuple(toy.IMAGE_SIZE),
+                thing_colors=thing_colors,
+            )
     comm.synchronize()
     register_toy_panoptic(toy.ROOT, TOY_DATASET_NAMES)

@@ -1,5 +1,6 @@
 from .evaluation import (
     DetrInstanceEvaluator,
+    DetrPanopticEvaluator,
     DetrSemSegEvaluator,
     build_detr_evaluator,
     instances_json_from_panoptic,

@@ -6,12 +6,18 @@ categories (0..N-1, named by ``thing_classes``). A panoptic model's contiguous c
 and stuff (COCO: 133, things scattered among them in ADE20K), so :class:`DetrInstanceEvaluator` maps
 only the thing classes back to data set ids, names the per-category tables after the JSON's own
 categories, and, for sets registered without an instances JSON (Cityscapes panoptic, the toy set,
-most custom sets), writes one from the panoptic ground truth.
+most custom sets), writes one from the panoptic ground truth. :class:`DetrPanopticEvaluator` checks
+the panoptic ground truth that PQ is computed on.
+
+Each machine of a multi-machine run writes the files its processes read (its own ``OUTPUT_DIR``
+need not be shared); files read by the main process alone are written by it alone.
 """
 
+import itertools
 import json
 import logging
 import os
+import sys
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -28,6 +34,8 @@ from detectron2.utils.file_io import PathManager
 from iopath.common.file_io import file_lock
 from panopticapi.utils import rgb2id
 from PIL import Image
+
+from ..data.dataset_mapper import panoptic_problems, read_panoptic_png
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +110,9 @@ class DetrInstanceEvaluator(COCOEvaluator):
         meta = MetadataCatalog.get(dataset_name)
         if not meta.get("json_file") and meta.get("panoptic_json"):
             path = os.path.join(output_dir, f"{dataset_name}_instances_from_panoptic.json")
-            if comm.is_main_process():
+            # COCOEvaluator reads it in every process: the first process of each machine writes
+            # it (machines need not share OUTPUT_DIR; the lock serializes those that do)
+            if comm.get_local_rank() == 0:
                 with file_lock(path):
                     if not PathManager.exists(path):
                         instances_json_from_panoptic(dataset_name, path)
@@ -134,6 +144,86 @@ class DetrInstanceEvaluator(COCOEvaluator):
             self._metadata = metadata
 
 
+def _image_key(image_id):
+    """One key for an image id whether it is written as an int or a string ("12", 12)."""
+    try:
+        return str(int(image_id))
+    except (TypeError, ValueError):
+        return str(image_id)
+
+
+class DetrPanopticEvaluator(COCOPanopticEvaluator):
+    """``COCOPanopticEvaluator`` that checks the ground truth it computes PQ on.
+
+    panopticapi checks each predicted PNG against its ``segments_info``, not the ground truth: an
+    id in a ground-truth PNG that its ``segments_info`` (in ``panoptic_json``) does not list is
+    skipped, a listed id absent from the PNG counts as a missed segment, and of duplicate ids one
+    is kept, so a ground truth that does not match its annotations gives a PQ without a word. Here
+    the ground-truth PNG of each evaluated image is checked against its ``segments_info`` (in
+    ``process``, by the process that evaluates the image), and ``evaluate`` raises ``ValueError``
+    in every process, naming each PNG and its ids, before any PQ is computed."""
+
+    def __init__(self, dataset_name, output_dir=None):
+        super().__init__(dataset_name, output_dir)
+        self._dataset_name = dataset_name
+        self._ground_truth = None  # image key -> (PNG path, segments_info), read on first use
+        self._gt_problems = []
+
+    def reset(self):
+        super().reset()
+        self._gt_problems = []
+
+    def _annotations(self):
+        if self._ground_truth is None:
+            with PathManager.open(self._metadata.panoptic_json) as f:
+                annotations = json.load(f)["annotations"]
+            root = self._metadata.panoptic_root
+            self._ground_truth = {
+                _image_key(a["image_id"]): (os.path.join(root, a["file_name"]), a["segments_info"])
+                for a in annotations
+            }
+        return self._ground_truth
+
+    def process(self, inputs, outputs):
+        super().process(inputs, outputs)
+        categories = {
+            *self._metadata.thing_dataset_id_to_contiguous_id,
+            *self._metadata.stuff_dataset_id_to_contiguous_id,
+        }
+        for input, output in zip(inputs, outputs):
+            entry = self._annotations().get(_image_key(input["image_id"]))
+            if entry is None:
+                self._gt_problems.append(
+                    f"image {input['image_id']} ({input.get('file_name')}) has no annotation in "
+                    f"{self._metadata.panoptic_json}: PQ would leave it out"
+                )
+                continue
+            png, segments = entry
+            pan = read_panoptic_png(png)
+            # the prediction has the image's size; category ids here are the data set's, not
+            # contiguous ones: checked against the registration's below
+            shape = tuple(output["panoptic_seg"][0].shape)
+            self._gt_problems += panoptic_problems(segments, pan, shape, sys.maxsize, png)
+            self._gt_problems += [
+                f"Panoptic PNG {png}: segment {s['id']} has category_id {s['category_id']}, not "
+                f"a category of {self._dataset_name}"
+                for s in segments
+                if s["category_id"] not in categories
+            ]
+
+    def evaluate(self):
+        problems = list(itertools.chain(*comm.all_gather(self._gt_problems)))
+        if problems:  # in every process: none is left waiting in the gather of the predictions
+            shown = "; ".join(problems[:20])
+            more = f"; and {len(problems) - 20} more" if len(problems) > 20 else ""
+            raise ValueError(
+                f"The panoptic ground truth of {self._dataset_name} "
+                f"({self._metadata.panoptic_json}) does not match its PNGs, PQ would be wrong: "
+                f"{shown}{more}"
+            )
+        return super().evaluate()
+
+
 class DetrSemSegEvaluator(SemSegEvaluator):
     """``SemSegEvaluator`` whose predictions of thing classes map back to data set ids too:
     Detectron2's maps through ``stuff_dataset_id_to_contiguous_id`` only, which lists every class in
@@ -154,8 +244,9 @@ class DetrSemSegEvaluator(SemSegEvaluator):
 def build_detr_evaluator(cfg, dataset_name, output_folder):
     """The evaluators a data set's registration supports, for what the config's model outputs:
 
-    * PQ/SQ/RQ (``COCOPanopticEvaluator``) for any set with ``panoptic_json`` (COCO, Cityscapes,
-      ADE20K and custom panoptic registrations), with a mask head;
+    * PQ/SQ/RQ (:class:`DetrPanopticEvaluator`: ``COCOPanopticEvaluator`` that checks the ground
+      truth) for any set with ``panoptic_json`` (COCO, Cityscapes, ADE20K and custom panoptic
+      registrations), with a mask head;
     * box AP (and mask AP with a mask head) over the thing classes (:class:`DetrInstanceEvaluator`)
       for sets with an instances JSON or panoptic annotations; Pascal VOC's own AP for "pascal_voc";
     * mIoU (``SemSegEvaluator``) for sets with semantic ground truth (``sem_seg_file_name``), with
@@ -171,7 +262,7 @@ def build_detr_evaluator(cfg, dataset_name, output_folder):
     has_masks = bool(cfg.MODEL.MASK_HEAD.NAME)
     evaluators = []
     if meta.get("panoptic_json") and has_masks and test.PANOPTIC_ON:
-        evaluators.append(COCOPanopticEvaluator(dataset_name, output_folder))
+        evaluators.append(DetrPanopticEvaluator(dataset_name, output_folder))
     if test.INSTANCE_ON:
         if meta.get("evaluator_type") == "pascal_voc":
             evaluators.append(PascalVOCDetectionEvaluator(dataset_name))

@@ -7,6 +7,11 @@ scales the whole schedule to the iterations that fit: ``max_iter`` and every lr 
 the same factor (Detectron2's ``LRMultiplier`` reads its schedule as a fraction of ``max_iter``),
 the final checkpoint and the end-of-training evaluation at the new end. A fast machine runs the
 configured schedule unchanged.
+
+Every process takes the same decision (the slowest speed, the longest time spent), so that all end
+at the same iteration. A checkpoint keeps the fitted end and the training time spent (Detectron2
+saves the ``state_dict`` of every hook), so that ``--resume`` continues the schedule of the run it
+resumes, within what is left of its budget.
 """
 
 import logging
@@ -30,9 +35,11 @@ class TimeBudget(HookBase):
     more than the configured ``MAX_ITER``. Until the first lr drop (``first_drop``: its place as a
     fraction of ``max_iter``, ``SOLVER.STEPS[0] / SOLVER.MAX_ITER``) the end may move both ways, so
     a passing slowdown is made up for; after it, the end only moves earlier, so an lr drop already
-    passed is never undone. Every process takes the slowest measurement, so all agree on the end.
+    passed is never undone. Every process takes the slowest measurement and the longest time
+    spent (the processes do not start at the same instant), so all agree on the end.
     The budget counts the training loop only (from the first iteration), not building the model or
-    the evaluation after it.
+    the evaluation after it; a resumed run counts the training time of the run it resumes too, and
+    ends where that run's schedule had been fitted to end (``state_dict``, saved in checkpoints).
     """
 
     def __init__(self, budget_s, first_drop=None, first=20, last=60, period=100):
@@ -43,11 +50,35 @@ class TimeBudget(HookBase):
         self.first, self.last, self.period = first, last, period
         self.fitted_max_iter = None  # set when the schedule was rescaled
         self.clock = time.perf_counter
+        self._spent_before = 0.0  # training seconds of the runs this one resumes
+        self._start = None
 
     def before_train(self):
         self._start = self.clock()
         self._mark = None  # (iterations done, time) at the start of the current window
         self._planned = self.trainer.max_iter
+        if self.fitted_max_iter is not None and self.fitted_max_iter != self.trainer.max_iter:
+            # resumed from a checkpoint of a run whose schedule was fitted: continue that schedule
+            logger.info(
+                f"Time budget: resuming a run fitted to {self.fitted_max_iter} of the configured "
+                f"{self._planned} iterations after {self._spent_before:.1f} s of training"
+            )
+            self.set_max_iter(self.fitted_max_iter)
+
+    def spent_s(self):
+        """Seconds of training so far, those of the runs this one resumes included."""
+        running = 0.0 if self._start is None else self.clock() - self._start
+        return self._spent_before + running
+
+    def state_dict(self):
+        """The fitted end (None: the configured one) and the training seconds spent, which a
+        checkpoint keeps."""
+        return {"fitted_max_iter": self.fitted_max_iter, "spent_s": float(self.spent_s())}
+
+    def load_state_dict(self, state):
+        """Continue the run a checkpoint was taken of: its end, the time it spent."""
+        self.fitted_max_iter = state.get("fitted_max_iter")
+        self._spent_before = float(state.get("spent_s", 0.0))
 
     def after_step(self):
         trainer = self.trainer
@@ -57,9 +88,13 @@ class TimeBudget(HookBase):
         if self._mark is None or done < self.last or (done - self.last) % self.period:
             return
         now = self.clock()
-        per_iter = max(comm.all_gather((now - self._mark[1]) / (done - self._mark[0])))
+        speed = (now - self._mark[1]) / (done - self._mark[0])
+        spent = self._spent_before + now - self._start
+        # one decision for all: the slowest window and the earliest start, so that every process
+        # computes the same end (different ends would leave the others waiting in a collective)
+        per_iter, spent = (max(v) for v in zip(*comm.all_gather((speed, spent))))
         self._mark = (done, now)
-        left = self.budget_s - (now - self._start)
+        left = self.budget_s - spent
         fit = min(self._planned, trainer.iter + 1 + max(0, int(left / per_iter)))
         current = trainer.max_iter
         if self.first_drop is not None and trainer.iter + 1 >= self.first_drop * current:

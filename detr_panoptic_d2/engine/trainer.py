@@ -1,20 +1,25 @@
 """Detectron2 ``DefaultTrainer`` for DETR panoptic: data loaders with the DETR mapper, evaluators,
-optimizer."""
+optimizer; on one or several machines, with or without a shared file system."""
 
 import json
 import logging
 import os
+import uuid
 import weakref
 
+import torch
+import torch.distributed as dist
 from detectron2.data import (
     MetadataCatalog,
     build_detection_test_loader,
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
-from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model
+from detectron2.engine import DefaultTrainer, HookBase, TrainerBase, create_ddp_model
+from detectron2.engine import hooks as d2_hooks
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint.loading import DetrCheckpointer
@@ -29,7 +34,9 @@ logger = logging.getLogger(__name__)
 
 def load_dataset_dicts(names, filter_empty=False):
     """``get_detection_dataset_dicts`` with errors that name the data set and its annotation
-    file."""
+    file. A KeyError is an unknown category id only where it is one (Detectron2's loaders look
+    category ids up in ``_convert_category_id``); otherwise a missing key, named (a field such as
+    "segments_info" absent from the annotation file)."""
     try:
         return get_detection_dataset_dicts(names, filter_empty=filter_empty)
     except (KeyError, ValueError, AssertionError, OSError) as e:
@@ -40,7 +47,24 @@ def load_dataset_dicts(names, filter_empty=False):
                 f"{name}: {getattr(meta, 'panoptic_json', None) or getattr(meta, 'json_file', '?')}"
             )
         if isinstance(e, KeyError):
-            msg = f"unknown category id {e} (not in the data set's metadata)"
+            key = e.args[0] if e.args else None
+            tb = e.__traceback__
+            while tb.tb_next is not None:  # the frame that raised
+                tb = tb.tb_next
+            segment = tb.tb_frame.f_locals.get("segment_info")
+            if (
+                tb.tb_frame.f_code.co_name == "_convert_category_id"
+                and isinstance(segment, dict)
+                and segment.get("category_id") == key
+            ):
+                msg = f"unknown category id {key!r} (not in the data set's metadata)"
+            elif isinstance(key, str) and " " in key:  # a loader's own message
+                msg = key
+            else:
+                msg = (
+                    f"missing key {key!r} (absent from an entry of the annotation file, or from "
+                    "the metadata)"
+                )
         elif isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)):
             msg = f"corrupt annotation JSON ({e})"
         else:
@@ -55,16 +79,83 @@ def load_dataset_dicts(names, filter_empty=False):
         raise error from e
 
 
+def machines_share_output_dir(output_dir):
+    """Whether every process sees the files the main process writes into ``output_dir``: True on
+    one machine; on several, found out by the main process writing a file of a new name that each
+    process looks for (False: each machine has its own ``OUTPUT_DIR``, e.g. on a local disk)."""
+    if comm.get_local_size() == comm.get_world_size():
+        return True
+    name = comm.all_gather(uuid.uuid4().hex)[0]  # the main process's
+    path = os.path.join(output_dir, f".shared_output_dir_{name}")
+    if comm.is_main_process():
+        PathManager.mkdirs(output_dir)
+        with PathManager.open(path, "w") as f:
+            f.write(name)
+    comm.synchronize()
+    shared = all(comm.all_gather(PathManager.exists(path)))
+    comm.synchronize()
+    if comm.is_main_process():
+        PathManager.rm(path)
+    return shared
+
+
+def tracking_norms(model):
+    """The BatchNorm layers of ``model`` that track running statistics (none with FrozenBN, the
+    COCO recipes' backbone norm)."""
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+
+
+class SyncNormStatistics(HookBase):
+    """Average the BatchNorm running statistics over the processes after each step, so that every
+    process holds the same model: DDP averages the gradients only, and each process's BatchNorm
+    layers track the statistics of its own batches (buffers are not broadcast). Without it, the
+    processes would evaluate, and the machines that keep their own checkpoints save, models that
+    differ in those statistics (the toy recipe's trainable "BN" backbone). Layers in eval mode
+    (a frozen stage-1 body) keep theirs."""
+
+    def __init__(self, norms):
+        self.norms = norms
+
+    def after_step(self):
+        buffers = [
+            b for m in self.norms if m.training for b in (m.running_mean, m.running_var)
+        ]  # the same on every process: all are in the same mode
+        if not buffers:
+            return
+        with torch.no_grad():
+            flat = torch.cat([b.reshape(-1) for b in buffers])
+            dist.all_reduce(flat)
+            flat /= comm.get_world_size()
+            offset = 0
+            for b in buffers:
+                b.copy_(flat[offset : offset + b.numel()].view_as(b))
+                offset += b.numel()
+
+
 class DetrPanopticTrainer(DefaultTrainer):
     """DefaultTrainer with DETR's data mapper, AdamW + backbone multiplier + full-model gradient
     clipping, the plugin's checkpointer, and the evaluators of :func:`build_detr_evaluator` (PQ, AP
-    of things, mIoU). Register the data sets before building it (``register_datasets_from_cfg``)."""
+    of things, mIoU). Register the data sets before building it (``register_datasets_from_cfg``).
+
+    On several processes, BatchNorm statistics are averaged after each step
+    (:class:`SyncNormStatistics`), so that all hold the same model. On several machines that do
+    not share ``OUTPUT_DIR`` (:func:`machines_share_output_dir`), the first process of each
+    machine writes the checkpoints into its own, so that each machine has what a later stage
+    (``MODEL.DETR.FROZEN_WEIGHTS``), ``--eval-only`` or ``--resume`` reads; with a shared one, the
+    main process alone writes them, as in Detectron2. ``--resume`` is an error when the processes
+    would resume from different iterations (checkpoints missing on a machine).
+    """
 
     def __init__(self, cfg):
         # DefaultTrainer.__init__, except that the model is wrapped in DistributedDataParallel
         # without device_ids when it lies on the CPU (multi-process CPU training with gloo:
         # Detectron2's create_ddp_model passes the local rank as a device id, which DDP rejects for
-        # CPU modules), and that checkpoints go through DetrCheckpointer.
+        # CPU modules), and that checkpoints go through DetrCheckpointer, written on each machine
+        # when the machines do not share OUTPUT_DIR.
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
@@ -73,12 +164,24 @@ class DetrPanopticTrainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+        # find_unused_parameters stays False (DDP's default, no extra graph traversal per step):
+        # every trainable parameter gets a gradient in every iteration, also with query groups
+        # and denoising queries (padding slots use the label embedding's "unknown" row when an
+        # image has no target) and in stage 2 with masks for the matched queries only (the mask
+        # head runs on zero rows when a batch has no target). tests/engine/test_ddp.py trains
+        # those cases on two processes, where a parameter without gradient would be an error.
         model = create_ddp_model(
             model, broadcast_buffers=False, **({"device_ids": None} if on_cpu else {})
         )
         self._trainer = build_step_trainer(cfg, model, data_loader, optimizer)  # AMP on CPU too
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetrCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        shared = machines_share_output_dir(cfg.OUTPUT_DIR)
+        self.checkpointer = DetrCheckpointer(
+            model,
+            cfg.OUTPUT_DIR,
+            save_to_disk=comm.is_main_process() if shared else comm.get_local_rank() == 0,
+            trainer=weakref.proxy(self),
+        )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -86,12 +189,34 @@ class DetrPanopticTrainer(DefaultTrainer):
 
     def build_hooks(self):
         hooks = super().build_hooks()
+        norms = tracking_norms(self.model)
+        if comm.get_world_size() > 1 and norms:
+            hooks.insert(0, SyncNormStatistics(norms))  # before checkpoints and evaluation
+        if self.checkpointer.save_to_disk and not comm.is_main_process():
+            # this machine keeps its own checkpoints: DefaultTrainer gives the main process alone
+            # a checkpointer hook; this one goes where that one is, before the evaluation
+            at = next(i for i, h in enumerate(hooks) if isinstance(h, d2_hooks.EvalHook))
+            period = self.cfg.SOLVER.CHECKPOINT_PERIOD
+            hooks.insert(at, d2_hooks.PeriodicCheckpointer(self.checkpointer, period))
         if self.cfg.SOLVER.TIME_BUDGET_MINUTES > 0:
             # first: the lr scheduler and the checkpointer see a new end in the same step
             solver = self.cfg.SOLVER
             first_drop = min(solver.STEPS) / solver.MAX_ITER if solver.STEPS else None
             hooks.insert(0, TimeBudget(solver.TIME_BUDGET_MINUTES * 60, first_drop))
         return hooks
+
+    def resume_or_load(self, resume=True):
+        """DefaultTrainer.resume_or_load; on several processes, an error (in each) unless all
+        resume from the same iteration: a machine without the checkpoints would otherwise train
+        from iteration 0 while the others resume."""
+        super().resume_or_load(resume=resume)
+        starts = comm.all_gather(self.start_iter)
+        if len(set(starts)) > 1:
+            raise RuntimeError(
+                f"--resume: the processes would start at different iterations {starts} (by rank): "
+                f"the checkpoints of {self.cfg.OUTPUT_DIR} (last_checkpoint) differ between the "
+                "machines, or are missing on some. Give each machine the same checkpoints."
+            )
 
     def train(self):
         """DefaultTrainer.train; with SOLVER.TIME_BUDGET_MINUTES the loop ends where

@@ -18,6 +18,7 @@ from PIL import Image
 from detr_panoptic_d2.data.layouts import CUSTOM_CATEGORIES, register_custom_panoptic, write_layout
 from detr_panoptic_d2.engine import (
     DetrInstanceEvaluator,
+    DetrPanopticEvaluator,
     build_detr_evaluator,
     instances_json_from_panoptic,
 )
@@ -137,7 +138,7 @@ def _kinds(cfg, name, tmp_path):
 
 def test_evaluators_per_registration(warehouse, tmp_path):
     stage2 = tiny_cfg(mask_head=True, **{"MODEL.DETR.NUM_CLASSES": 9})
-    assert _kinds(stage2, warehouse, tmp_path) == [COCOPanopticEvaluator, DetrInstanceEvaluator]
+    assert _kinds(stage2, warehouse, tmp_path) == [DetrPanopticEvaluator, DetrInstanceEvaluator]
     stage1 = tiny_cfg(**{"MODEL.DETR.NUM_CLASSES": 9})
     assert _kinds(stage1, warehouse, tmp_path) == [DetrInstanceEvaluator]  # box AP of stage 1
     # semantic output on a set without semantic ground truth: no mIoU (a warning), the rest stays
@@ -149,3 +150,96 @@ def test_evaluators_per_registration(warehouse, tmp_path):
     MetadataCatalog.get("eval_bare_set_for_test").set(evaluator_type="sem_seg")
     with pytest.raises(NotImplementedError, match="eval_bare_set_for_test"):
         build_detr_evaluator(stage2, "eval_bare_set_for_test", str(tmp_path))
+
+
+# ---- panoptic ground truth that does not match its PNGs ----------------------------------------
+def _perfect_panoptic(name):
+    """(inputs, outputs) of a model that predicts the ground truth's non-crowd segments."""
+    is_thing = set(MetadataCatalog.get(name).thing_dataset_id_to_contiguous_id.values())
+    pairs = []
+    for record in DatasetCatalog.get(name):
+        ids = rgb2id(np.asarray(Image.open(record["pan_seg_file_name"]).convert("RGB")))
+        present = set(np.unique(ids).tolist())
+        segs = [s for s in record["segments_info"] if not s.get("iscrowd", 0)]
+        segs = [s for s in segs if s["id"] in present]
+        kept = np.isin(ids, [s["id"] for s in segs])
+        info = [
+            {
+                "id": s["id"],
+                "category_id": s["category_id"],
+                "isthing": s["category_id"] in is_thing,
+            }
+            for s in segs
+        ]
+        output = {"panoptic_seg": (torch.from_numpy(np.where(kept, ids, 0)), info)}
+        pairs.append(({"image_id": record["image_id"], "file_name": record["file_name"]}, output))
+    return pairs
+
+
+@pytest.fixture
+def edited_copy(warehouse, tmp_path):
+    """``edit(fn)`` → (name, PNG path, segment id): ``warehouse`` registered afresh with a copy of
+    its panoptic JSON in which ``fn(annotation)`` changed the second image's annotation."""
+    from detectron2.data.datasets import register_coco_panoptic
+
+    meta = MetadataCatalog.get(warehouse)
+    names = []
+
+    def edit(fn):
+        data = json.load(open(meta.panoptic_json))
+        annotation = data["annotations"][1]
+        segment_id = fn(annotation)
+        path = tmp_path / f"panoptic_edited_{len(names)}.json"
+        path.write_text(json.dumps(data))
+        name = f"eval_warehouse_edited_{tmp_path.name}_{len(names)}"
+        keys = ("thing_classes", "stuff_classes", "thing_dataset_id_to_contiguous_id",
+                "stuff_dataset_id_to_contiguous_id")  # fmt: skip
+        register_coco_panoptic(name, {k: meta.get(k) for k in keys}, meta.image_root,
+                               meta.panoptic_root, str(path))  # fmt: skip
+        names.append(name)
+        return name, f"{meta.panoptic_root}/{annotation['file_name']}", segment_id
+
+    yield edit
+    for name in names:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+def test_clean_ground_truth_gives_the_pq_of_detectron2s_evaluator(warehouse, tmp_path):
+    pairs = _perfect_panoptic(warehouse)
+    ours = _evaluate(DetrPanopticEvaluator(warehouse, str(tmp_path / "ours")), pairs)
+    theirs = _evaluate(COCOPanopticEvaluator(warehouse, str(tmp_path / "d2")), pairs)
+    assert ours == theirs
+    assert ours["panoptic_seg"]["PQ"] == pytest.approx(100.0)
+
+
+def _drop_segment(annotation):
+    return annotation["segments_info"].pop(0)["id"]  # its pixels stay in the PNG
+
+
+def _add_absent_segment(annotation):
+    segments = annotation["segments_info"]
+    segments.append({**segments[0], "id": 7777777})  # in no PNG
+    return 7777777
+
+
+@pytest.mark.parametrize(
+    "edit, says, d2_pq_is_100",
+    [
+        (_drop_segment, "not listed in segments_info", True),  # its pixels are skipped
+        (_add_absent_segment, "absent from it", False),  # a segment no model can find
+    ],
+)
+def test_ground_truth_ids_that_do_not_match_are_an_error(
+    edited_copy, tmp_path, edit, says, d2_pq_is_100
+):
+    name, png, segment_id = edited_copy(edit)
+    pairs = _perfect_panoptic(name)
+    # Detectron2's evaluator reports a PQ from this ground truth without a word
+    pq = _evaluate(COCOPanopticEvaluator(name, str(tmp_path / "d2")), pairs)["panoptic_seg"]["PQ"]
+    assert (pq == pytest.approx(100.0)) == d2_pq_is_100, pq
+    with pytest.raises(ValueError) as e:
+        _evaluate(DetrPanopticEvaluator(name, str(tmp_path / "ours")), pairs)
+    msg = str(e.value)
+    assert png in msg and str(segment_id) in msg and says in msg, msg
+    assert name in msg and msg.count("Panoptic PNG") == 1  # the other images are clean

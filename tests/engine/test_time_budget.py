@@ -152,3 +152,106 @@ def test_negative_budget_is_a_config_error(tiny, tmp_path):
     cfg = tiny(tmp_path, extra=["SOLVER.TIME_BUDGET_MINUTES", -1.0])
     with pytest.raises(ValueError, match="SOLVER.TIME_BUDGET_MINUTES"):
         build_model(cfg)
+
+
+# ---- several processes ---------------------------------------------------------------------------
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="CPU/gloo launch test: with a GPU, launch() uses NCCL"
+)
+def test_ranks_that_start_apart_end_at_the_same_iteration(tmp_path):
+    from datetime import timedelta
+
+    from _dist_main import budget_main  # tests/engine is on sys.path under pytest
+    from detectron2.engine import launch
+
+    # 0.5 s per iteration on both; rank 1 started its loop 4 s after rank 0. At the measurement
+    # (iteration 4, 7 s on the clock) rank 0 has spent 7 s of the 10 s budget, rank 1 only 3 s:
+    # alone, rank 0 would end at 4 + 3 / 0.5 = 10, rank 1 at 4 + 7 / 0.5 = 18 (and wait forever
+    # in the collective of iteration 10). Both count from the earlier start: 10.
+    launch(
+        budget_main,
+        2,
+        dist_url="auto",
+        args=(str(tmp_path), (0.0, 4.0), 10.0, 40),
+        timeout=timedelta(seconds=60),
+    )
+    ends = [json.loads((tmp_path / f"budget_{r}.json").read_text()) for r in range(2)]
+    assert ends == [{"iter": 10, "fitted_max_iter": 10}] * 2
+
+
+# ---- resume --------------------------------------------------------------------------------------
+def _resumable(tiny, out, clock_step, resume=False):
+    """80 iterations planned, lr drop at 40, a checkpoint every 8 iterations, a 12 s budget; a fake
+    clock advancing ``clock_step`` s per reading; measured over iterations 2-4 of the run."""
+    cfg = tiny(
+        out,
+        max_iter=80,
+        extra=[
+            "SOLVER.TIME_BUDGET_MINUTES",
+            12 / 60,
+            "SOLVER.STEPS",
+            "(40,)",
+            "SOLVER.BASE_LR",
+            BASE_LR,
+            "SOLVER.CHECKPOINT_PERIOD",
+            8,
+            "MODEL.DETR.DN.COPIES",
+            0,
+        ],
+    )
+    trainer = DetrPanopticTrainer(cfg)
+    (budget,) = [h for h in trainer._hooks if isinstance(h, TimeBudget)]
+    budget.first, budget.last, budget.period = 2, 4, 1000
+    ticks = iter(range(1000))
+    budget.clock = lambda: clock_step * next(ticks)
+    trainer.resume_or_load(resume=resume)
+    trainer.train()
+    lrs = {it: lr for lr, it in trainer.storage.history("lr").values()}
+    return trainer, budget, lrs
+
+
+def _interrupt_after(out, iteration):
+    """Leave ``out`` as a run stopped after the checkpoint of ``iteration`` leaves it."""
+    for f in out.glob("model_*.pth"):
+        if f.name != f"model_{iteration:07d}.pth":
+            f.unlink()
+    (out / "last_checkpoint").write_text(f"model_{iteration:07d}.pth")
+
+
+@pytest.mark.slow
+def test_resume_continues_the_fitted_schedule(tiny, tmp_path):
+    # clock 0 at the start, 1 at iteration 2, 2 at iteration 4: 0.5 s/iter, 10 s left: 4 + 20 = 24
+    # iterations of the 80 (the lr drop at 12); the checkpoint of iteration 7 reads 3 s spent
+    whole, budget, whole_lrs = _resumable(tiny, tmp_path / "whole", 1.0)
+    assert budget.fitted_max_iter == 24 and whole.iter == 24
+    out = tmp_path / "resumed"
+    _resumable(tiny, out, 1.0)
+    _interrupt_after(out, 7)
+    saved = torch.load(out / "model_0000007.pth", weights_only=False)
+    assert saved["trainer"]["hooks"]["TimeBudget"] == {"fitted_max_iter": 24, "spent_s": 3.0}
+
+    # the resumed run: 3 s spent, then 0.5 s/iter again (2 s at its iteration 4, iteration 11):
+    # 7 s left would fit 26, past the lr drop the end stays at 24
+    resumed, budget, lrs = _resumable(tiny, out, 1.0, resume=True)
+    assert resumed.start_iter == 8
+    assert resumed.iter == 24 and budget.fitted_max_iter == 24
+    assert resumed.scheduler._max_iter == 24
+    assert sorted(lrs) == list(range(8, 24))
+    assert lrs == {it: whole_lrs[it] for it in range(8, 24)}  # exactly the uninterrupted run's
+    assert lrs[11] == BASE_LR and lrs[12] == pytest.approx(BASE_LR * 0.1)
+    final = torch.load(out / "model_final.pth", weights_only=False)
+    assert final["iteration"] == 23
+    # 3 s before, then the clock's fifth reading of this run (start, two measurements, the
+    # checkpoints of iterations 15 and 23, then model_final)
+    assert final["trainer"]["hooks"]["TimeBudget"]["spent_s"] == 3.0 + 5.0
+
+
+@pytest.mark.slow
+def test_resume_counts_the_time_already_spent(tiny, tmp_path):
+    _resumable(tiny, tmp_path, 1.0)
+    _interrupt_after(tmp_path, 7)
+    # the resumed machine is slower: 1.5 s per reading, 0.75 s/iter over iterations 9-11. With the
+    # 3 s spent before, 12 - 3 - 3 = 6 s are left: 12 + 8 = 20 iterations (ignoring them, 9 s left
+    # would keep 24)
+    resumed, budget, _ = _resumable(tiny, tmp_path, 1.5, resume=True)
+    assert budget.fitted_max_iter == 20 and resumed.iter == 20

@@ -8,11 +8,16 @@ import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_panoptic
-from detectron2.evaluation import COCOPanopticEvaluator, DatasetEvaluators
+from detectron2.evaluation import DatasetEvaluators
 from detectron2.utils.events import get_event_storage
 
 from detr_panoptic_d2.data.toy_dataset import register_toy_panoptic, toy_dataset_metadata
-from detr_panoptic_d2.engine import DetrInstanceEvaluator, DetrPanopticTrainer, load_dataset_dicts
+from detr_panoptic_d2.engine import (
+    DetrInstanceEvaluator,
+    DetrPanopticEvaluator,
+    DetrPanopticTrainer,
+    load_dataset_dicts,
+)
 
 PQ_KEYS = ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st")
 
@@ -155,7 +160,7 @@ def test_build_evaluator_panoptic_with_mask_head(tiny, tmp_path):
     assert isinstance(evaluator, DatasetEvaluators)
     kinds = [type(e) for e in evaluator._evaluators]
     # no instances JSON registered: AP of things from the panoptic ground truth
-    assert kinds == [COCOPanopticEvaluator, DetrInstanceEvaluator]
+    assert kinds == [DetrPanopticEvaluator, DetrInstanceEvaluator]  # a COCOPanopticEvaluator
 
 
 def test_build_evaluator_stage1_box_ap_and_nothing_to_evaluate(tiny, tmp_path):
