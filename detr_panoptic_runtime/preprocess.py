@@ -1,41 +1,15 @@
-"""Reading an image and the test resize, exactly as Detectron2's evaluation path does it
-(``detection_utils.read_image`` + ``ResizeShortestEdge`` → ``ResizeTransform`` with PIL's bilinear
-resize of uint8 images), so that an exported model sees the same pixels as ``tools/train_net.py
---eval-only``."""
+"""Reading an image and the test resize, exactly as Detectron2's evaluation path does it (the
+project's one reader :func:`.image_io.read_image`, which the dataset mapper uses too, +
+``ResizeShortestEdge`` → ``ResizeTransform`` with PIL's bilinear resize of uint8 images), so that an
+exported model sees the same pixels as ``tools/train_net.py --eval-only``. ``read_image(path,
+max_pixels=N)`` sets the decompression-bomb limit (None: Pillow's, 0: none)."""
 
 import numpy as np
 from PIL import Image
 
+from .image_io import read_image
+
 __all__ = ["read_image", "resized_shape", "resize_image", "preprocess"]
-
-_EXIF_ORIENTATION = 0x0112
-_EXIF_TRANSPOSE = {
-    2: Image.FLIP_LEFT_RIGHT,
-    3: Image.ROTATE_180,
-    4: Image.FLIP_TOP_BOTTOM,
-    5: Image.TRANSPOSE,
-    6: Image.ROTATE_270,
-    7: Image.TRANSVERSE,
-    8: Image.ROTATE_90,
-}
-
-
-def _apply_exif_orientation(image):
-    """As Detectron2's ``_apply_exif_orientation``: the EXIF orientation applied, the tag kept."""
-    try:
-        exif = image.getexif()
-    except Exception:
-        return image
-    method = _EXIF_TRANSPOSE.get(exif.get(_EXIF_ORIENTATION)) if exif is not None else None
-    return image.transpose(method) if method is not None else image
-
-
-def read_image(path_or_file):
-    """(H, W, 3) uint8 RGB of an image file, EXIF orientation applied (Detectron2's
-    ``read_image``)."""
-    with Image.open(path_or_file) as image:
-        image = _apply_exif_orientation(image)
-        return np.asarray(image.convert("RGB"))
 
 
 def resized_shape(h, w, min_size, max_size):

@@ -7,8 +7,10 @@
 Reads every record of each data set (default: the config's DATASETS.TRAIN and DATASETS.TEST) with
 the training mapper's rules: missing or unreadable (corrupt, truncated) images and PNGs, image/PNG
 size mismatches, segment ids absent from the PNG or not listed in segments_info, category ids the
-metadata does not know or beyond MODEL.DETR.NUM_CLASSES. Images without segments are counted (they
-are legal). Exits 1 if there is any problem.
+metadata does not know or beyond MODEL.DETR.NUM_CLASSES, duplicate segment ids, images above
+INPUT.MAX_IMAGE_PIXELS, panoptic PNGs in the stored frame of an EXIF-rotated image. Images without
+segments are counted (they are legal); images with an EXIF orientation are listed, with the frame
+their PNG must be in (the displayed one). Exits 1 if there is any problem.
 Register your own data sets first (e.g. in a copy of this script, before main()), as for training.
 """
 
@@ -44,13 +46,20 @@ def main(argv=None):
     failed = False
     for name in names:
         report = check_dataset(
-            name, cfg.MODEL.DETR.NUM_CLASSES, cfg.INPUT.FORMAT, lambda r: tqdm.tqdm(r, desc=name)
+            name,
+            cfg.MODEL.DETR.NUM_CLASSES,
+            cfg.INPUT.FORMAT,
+            lambda r: tqdm.tqdm(r, desc=name),
+            max_pixels=cfg.INPUT.MAX_IMAGE_PIXELS,
         )
+        for note in report.exif:
+            print(f"  note: {note}")
         for problem in report.problems:
             print(f"  {problem}")
         print(
             f"{name}: {report.records} records, {len(report.problems)} problem(s), "
-            f"{report.empty} image(s) without segments"
+            f"{report.empty} image(s) without segments, {len(report.exif)} with an EXIF "
+            "orientation"
         )
         failed |= bool(report.problems)
     return 1 if failed else 0

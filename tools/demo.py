@@ -8,10 +8,17 @@
 
 --dataset draws each prediction next to the ground truth; --explain also writes, per image, each
 kept query's box, multi-head attention maps and mask in one PNG (<name>_queries.png).
+
+Output names: each input's path relative to the common parent folder of all inputs, extension
+dropped, under --output (a/1.jpg and b/1.jpg → out/a/1.png and out/b/1.png; one folder's images →
+out/<stem>.png); names that differ only by extension keep it (out/1.jpg.png, out/1.png.png).
+Images are read as training reads them (EXIF orientation, 16-bit scaled to 8 bits, at most
+INPUT.MAX_IMAGE_PIXELS pixels); unreadable files are skipped, named, and make the exit status 1.
+Without CUDA, MODEL.DEVICE falls back to cpu, with a warning.
 """
 
 import argparse
-import glob
+import logging
 import os
 import sys
 
@@ -33,8 +40,9 @@ from detr_panoptic_d2.visualization import (
     explain_queries,
     side_by_side,
 )
+from detr_panoptic_runtime.inputs import list_inputs, output_stems
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+logger = logging.getLogger("detr_panoptic_d2.demo")
 
 
 def setup_cfg(args):
@@ -44,26 +52,11 @@ def setup_cfg(args):
     cfg.merge_from_list(args.opts)
     if args.confidence_threshold is not None:
         cfg.MODEL.DETR.TEST.OBJECT_MASK_THRESHOLD = args.confidence_threshold
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() and cfg.MODEL.DEVICE != "cpu":
+        logger.warning(f"MODEL.DEVICE {cfg.MODEL.DEVICE}: CUDA is not available, running on cpu")
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     return cfg
-
-
-def list_inputs(paths):
-    files = []
-    for p in paths:
-        if os.path.isdir(p):
-            files += sorted(
-                os.path.join(p, f) for f in os.listdir(p) if f.lower().endswith(IMAGE_EXTS)
-            )
-        elif any(c in p for c in "*?["):
-            files += sorted(glob.glob(os.path.expanduser(p)))
-        elif os.path.isfile(p):
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"--input: no such file or folder: {p}")
-    return files
 
 
 def main():
@@ -104,9 +97,10 @@ def main():
     predictor = DefaultPredictor(cfg)
     os.makedirs(args.output, exist_ok=True)
     failed = []
+    stems = output_stems(files)
     for i, path in enumerate(tqdm.tqdm(files, disable=len(files) < 2, desc="images")):
         try:  # as training and evaluation read images (PIL, EXIF orientation); errors name the file
-            bgr = read_image_file(path, "BGR")
+            bgr = read_image_file(path, "BGR", cfg.INPUT.MAX_IMAGE_PIXELS)
         except (OSError, ValueError) as e:
             tqdm.tqdm.write(f"skipped: {e}", file=sys.stderr)
             failed.append(path)
@@ -116,8 +110,10 @@ def main():
         picture = draw_prediction(rgb, pred, metadata)
         if dataset_dicts is not None:
             picture = side_by_side(draw_ground_truth(rgb, dataset_dicts[i], metadata), picture)
-        name = os.path.splitext(os.path.basename(path))[0]
-        cv2.imwrite(os.path.join(args.output, f"{name}.png"), picture[:, :, ::-1])
+        name = os.path.join(args.output, stems[i])
+        os.makedirs(os.path.dirname(name), exist_ok=True)
+        if not cv2.imwrite(f"{name}.png", picture[:, :, ::-1]):
+            raise OSError(f"cannot write {name}.png")
         if args.explain:  # the model's input as DefaultPredictor makes it
             image = rgb if cfg.INPUT.FORMAT == "RGB" else bgr
             image = predictor.aug.get_transform(image).apply_image(image)
@@ -126,7 +122,7 @@ def main():
                 predictor.model,
                 inputs,
                 metadata,
-                os.path.join(args.output, f"{name}_queries.png"),
+                f"{name}_queries.png",
                 input_format=cfg.INPUT.FORMAT,
             )
     print(f"wrote {len(files) - len(failed)} picture(s) to {args.output}")

@@ -7,7 +7,12 @@ from dataclasses import dataclass, field
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.file_io import PathManager
 
-from .dataset_mapper import panoptic_problems, read_image_file, read_panoptic_png
+from .dataset_mapper import (
+    exif_frame_note,
+    panoptic_problems,
+    read_image_with_orientation,
+    read_panoptic_png,
+)
 
 
 @dataclass
@@ -18,6 +23,8 @@ class DatasetReport:
     records: int = 0
     empty: int = 0  # images without any non-crowd segment (legal: all queries learn no-object)
     problems: list = field(default_factory=list)  # messages, each naming its file
+    # images with an EXIF orientation other than 1 (legal), each saying in which frame its PNG is
+    exif: list = field(default_factory=list)
 
 
 def _json_problems(meta, num_classes):
@@ -51,10 +58,12 @@ def _json_problems(meta, num_classes):
     return problems
 
 
-def check_dataset(name, num_classes, image_format="RGB", progress=None):
+def check_dataset(name, num_classes, image_format="RGB", progress=None, max_pixels=None):
     """Read every record of the registered data set ``name`` as the training mapper does (image,
     panoptic PNG, semantic PNG when registered) and collect every problem. ``progress``: optional
-    wrapper of the record iterator (e.g. tqdm). Returns a :class:`DatasetReport`."""
+    wrapper of the record iterator (e.g. tqdm). ``max_pixels``: the mapper's pixel limit
+    (``INPUT.MAX_IMAGE_PIXELS``; 0: none, None: Pillow's). Returns a :class:`DatasetReport`, which
+    also lists every image with an EXIF orientation other than 1."""
     report = DatasetReport(name)
     if name not in DatasetCatalog.list():
         report.problems.append(f"{name}: not a registered data set (DatasetCatalog)")
@@ -69,14 +78,17 @@ def check_dataset(name, num_classes, image_format="RGB", progress=None):
         return report
     report.records = len(records)
     for record in progress(records) if progress else records:
-        report.problems += _record_problems(record, num_classes, image_format, report)
+        report.problems += _record_problems(record, num_classes, image_format, max_pixels, report)
     return report
 
 
-def _record_problems(record, num_classes, image_format, report):
+def _record_problems(record, num_classes, image_format, max_pixels, report):
     problems = []
+    orientation = 1
     try:
-        image = read_image_file(record["file_name"], image_format)
+        image, orientation = read_image_with_orientation(
+            record["file_name"], image_format, max_pixels
+        )
         shape = image.shape[:2]
         expected = (record.get("height", shape[0]), record.get("width", shape[1]))
         if tuple(shape) != tuple(expected):
@@ -87,11 +99,20 @@ def _record_problems(record, num_classes, image_format, report):
         problems.append(str(e))
         shape = None
     segments = record.get("segments_info", [])
-    if "pan_seg_file_name" in record:
+    png_name = record.get("pan_seg_file_name")
+    if orientation != 1:
+        report.exif.append(exif_frame_note(record["file_name"], png_name, orientation, shape))
+    if png_name is not None:
         try:
-            pan = read_panoptic_png(record["pan_seg_file_name"])
+            pan = read_panoptic_png(png_name, max_pixels)
             problems += panoptic_problems(
-                segments, pan, shape or pan.shape, num_classes, record["pan_seg_file_name"]
+                segments,
+                pan,
+                shape or pan.shape,
+                num_classes,
+                png_name,
+                orientation,
+                record["file_name"],
             )
         except (OSError, ValueError) as e:
             problems.append(str(e))

@@ -1,7 +1,9 @@
 """Dataset mapper turning Detectron2 COCO-panoptic dataset dicts into DETR training targets."""
 
 import copy
+import logging
 import sys
+from collections import Counter
 
 import numpy as np
 import torch
@@ -10,15 +12,19 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.file_io import PathManager
+from detectron2.utils.logger import log_first_n
 from panopticapi.utils import id2rgb, rgb2id
-from PIL import Image
 from torchvision.ops import masks_to_boxes
+
+from detr_panoptic_runtime import image_io
 
 __all__ = [
     "DetrPanopticDatasetMapper",
     "build_detr_augmentations",
+    "exif_frame_note",
     "panoptic_problems",
     "read_image_file",
+    "read_image_with_orientation",
     "read_panoptic_png",
 ]
 
@@ -54,47 +60,60 @@ def build_detr_augmentations(cfg, is_train):
     return augs
 
 
-def _read(path, what, reader):
-    """reader(path) with errors that name the file: missing, or unreadable (corrupt, truncated, not
-    an image: PIL raises OSError/SyntaxError/ValueError with messages such as "image file is
-    truncated")."""
-    try:
-        return reader(path)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"{what} file not found: {path}") from e
-    except (OSError, SyntaxError, ValueError) as e:
-        raise OSError(f"{what} {path} cannot be read (corrupt or truncated?): {e}") from e
+def read_image_with_orientation(path, image_format="RGB", max_pixels=None):
+    """((H, W, C) uint8 image in ``image_format``, the file's EXIF orientation) read with the
+    project's one reader (:mod:`detr_panoptic_runtime.image_io`, which the exported-model runtime
+    uses too): EXIF orientation applied as ``detection_utils.read_image`` does, 16-bit / 32-bit /
+    float samples scaled to 8 bits, at most ``max_pixels`` pixels (0: no limit, None: Pillow's).
+    Errors name the file: ``FileNotFoundError``, ``OSError`` (corrupt, truncated), ``ValueError``
+    (empty), :class:`~detr_panoptic_runtime.image_io.ImageTooLargeError` (a ``ValueError``)."""
+    image, orientation = image_io.load_image(path, max_pixels, PathManager.open)
+    return image_io.to_array(image, image_format), orientation
 
 
-def read_image_file(path, image_format="RGB"):
-    """(H, W, C) uint8 image as ``detection_utils.read_image`` reads it; errors name the file, an
-    empty image is a ValueError."""
-    image = _read(path, "Image", lambda p: utils.read_image(p, format=image_format))
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"Image {path} is empty (shape {image.shape})")
-    return image
+def read_image_file(path, image_format="RGB", max_pixels=None):
+    """(H, W, C) uint8 image of :func:`read_image_with_orientation`."""
+    return read_image_with_orientation(path, image_format, max_pixels)[0]
 
 
-def read_panoptic_png(path):
-    """(H, W) int segment ids of a panoptic PNG (panopticapi's rgb2id); errors name the file."""
-
-    def read(p):
-        with PathManager.open(p, "rb") as f:
-            return np.asarray(Image.open(f).convert("RGB"))
-
-    return rgb2id(_read(path, "Panoptic PNG", read))
+def read_panoptic_png(path, max_pixels=None):
+    """(H, W) int segment ids of a panoptic PNG (panopticapi's rgb2id), read as stored (no EXIF
+    orientation); errors name the file, as :func:`read_image_file`'s."""
+    png = image_io.open_image(path, "Panoptic PNG", max_pixels, PathManager.open)
+    return rgb2id(np.asarray(png.convert("RGB")))
 
 
-def panoptic_problems(segments, pan, image_shape, num_classes, png_name):
+def panoptic_problems(
+    segments, pan, image_shape, num_classes, png_name, orientation=1, image_name=None
+):
     """Every way a panoptic PNG (H, W ids) and its ``segments_info`` disagree with each other, with
-    the image's (H, W) or with ``num_classes`` contiguous categories, as messages naming the PNG
-    (empty: none)."""
+    the image's displayed (H, W) or with ``num_classes`` contiguous categories, as messages naming
+    the PNG (empty: none). ``orientation``: the image's EXIF orientation; a PNG of the image's
+    stored (unrotated) size is named as such."""
     problems = []
-    if pan.shape != tuple(image_shape):
+    image_shape = tuple(image_shape)
+    its_image = f"its image {image_name}" if image_name else "its image"
+    if pan.shape != image_shape:
+        if orientation in (5, 6, 7, 8) and pan.shape == image_shape[::-1]:
+            problems.append(
+                f"Panoptic PNG {png_name} has size {pan.shape}, the size of {its_image} as "
+                f"stored, but the image has EXIF orientation {orientation} and is used in its "
+                f"displayed frame, of size {image_shape}: a panoptic PNG must be in the displayed "
+                "frame (EXIF applied); rotate the PNG as the orientation says, or strip the "
+                "image's EXIF orientation tag"
+            )
+        else:
+            problems.append(
+                f"Panoptic PNG {png_name} has size {pan.shape}, {its_image} {image_shape}"
+            )
+    counts = Counter(int(s["id"]) for s in segments)
+    duplicated = sorted(i for i, n in counts.items() if n > 1)
+    if duplicated:
         problems.append(
-            f"Panoptic PNG {png_name} has size {pan.shape}, its image {tuple(image_shape)}"
+            f"Panoptic PNG {png_name}: segment ids {duplicated} are listed more than once in "
+            "segments_info"
         )
-    listed = {int(s["id"]) for s in segments}
+    listed = set(counts)
     present = set(np.unique(pan).tolist()) - {0}
     if listed - present:
         problems.append(
@@ -115,6 +134,19 @@ def panoptic_problems(segments, pan, image_shape, num_classes, png_name):
     return problems
 
 
+def exif_frame_note(image_name, png_name, orientation, image_shape):
+    """For an image with an EXIF orientation other than 1, the message saying that its panoptic
+    PNG ``png_name`` (None: its annotations) is taken in the image's displayed frame (EXIF
+    applied) of size ``image_shape`` (H, W); None for orientation 1."""
+    if orientation == 1:
+        return None
+    what = f"its panoptic PNG {png_name}" if png_name else "its annotations"
+    return (
+        f"Image {image_name} has EXIF orientation {orientation}: {what} must be in the image's "
+        f"displayed frame (EXIF applied), of size {tuple(image_shape)}"
+    )
+
+
 class DetrPanopticDatasetMapper:
     """
     Map a dataset dict of a data set registered with Detectron2's COCO panoptic registration
@@ -129,22 +161,32 @@ class DetrPanopticDatasetMapper:
     Crowd segments are skipped, segments emptied by cropping are dropped. At test time only the
     image is read; ``segments_info`` and ``pan_seg_file_name`` are removed from the output.
     Inputs that do not match their annotation raise ``ValueError``/``FileNotFoundError``/``OSError``
-    (unreadable, truncated) naming the offending file.
+    (unreadable, truncated) naming the offending file; so do duplicate ids in ``segments_info`` and
+    images above ``max_pixels`` (``INPUT.MAX_IMAGE_PIXELS``).
+
+    EXIF orientation: the image is used in its displayed frame (EXIF applied, as Detectron2's
+    ``read_image``), and the panoptic PNG, read as stored, must be in that displayed frame too, as
+    Detectron2 assumes for every annotation. A PNG of the image's stored (unrotated) size, for
+    orientations 5-8 of a non-square image, is an error saying so; where sizes cannot tell
+    (orientations 2-4, square images) a warning names the file once.
     """
 
     @configurable
-    def __init__(self, *, is_train, augmentations, image_format, num_classes):
+    def __init__(self, *, is_train, augmentations, image_format, num_classes, max_pixels=None):
         """
         Args:
             is_train: whether to produce training targets.
             augmentations: list of :class:`Augmentation` (or :class:`Transform`) applied in order.
-            image_format: format given to :func:`detection_utils.read_image`, e.g. "RGB" or "BGR".
+            image_format: format of :func:`read_image_file`, e.g. "RGB" or "BGR".
             num_classes: number of contiguous categories; category ids must lie in [0, num_classes).
+            max_pixels: images (and PNGs) of more pixels are refused (0: no limit; None: Pillow's
+                limit, 2 * ``PIL.Image.MAX_IMAGE_PIXELS``).
         """
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
         self.num_classes = num_classes
+        self.max_pixels = max_pixels
 
     @classmethod
     def from_config(cls, cfg, is_train=True):
@@ -153,18 +195,24 @@ class DetrPanopticDatasetMapper:
             "augmentations": build_detr_augmentations(cfg, is_train),
             "image_format": cfg.INPUT.FORMAT,
             "num_classes": cfg.MODEL.DETR.NUM_CLASSES,
+            "max_pixels": cfg.INPUT.MAX_IMAGE_PIXELS,
         }
 
-    def _read_segment_index(self, dataset_dict, image_shape):
+    def _read_segment_index(self, dataset_dict, image_shape, orientation):
         """Validate the panoptic PNG; return an index map (H, W) (0: void or crowd, i + 1: i-th
         non-crowd segment) and the classes (N,) of the non-crowd segments."""
-        pan = read_panoptic_png(dataset_dict["pan_seg_file_name"])  # (H, W) int ids < 2^24
+        png_name, image_name = dataset_dict["pan_seg_file_name"], dataset_dict["file_name"]
+        pan = read_panoptic_png(png_name, self.max_pixels)  # (H, W) int ids < 2^24
         segments = dataset_dict["segments_info"]
         problems = panoptic_problems(
-            segments, pan, image_shape, self.num_classes, dataset_dict["pan_seg_file_name"]
+            segments, pan, image_shape, self.num_classes, png_name, orientation, image_name
         )
         if problems:
             raise ValueError("; ".join(problems))
+        h, w = image_shape
+        if orientation in (2, 3, 4) or (orientation != 1 and h == w):  # sizes cannot tell
+            note = exif_frame_note(image_name, png_name, orientation, image_shape)
+            log_first_n(logging.WARNING, f"{note} (assumed: the sizes cannot tell)", key="message")
         kept = [s for s in segments if not s.get("iscrowd", 0)]
         index = np.zeros(pan.shape, dtype=np.int64)
         for i, s in enumerate(kept):
@@ -174,12 +222,14 @@ class DetrPanopticDatasetMapper:
 
     def __call__(self, dataset_dict):
         dataset_dict = copy.deepcopy(dataset_dict)  # it will be modified below
-        image = read_image_file(dataset_dict["file_name"], self.image_format)
+        image, orientation = read_image_with_orientation(
+            dataset_dict["file_name"], self.image_format, self.max_pixels
+        )
         utils.check_image_size(dataset_dict, image)
 
         sem_seg = None
         if self.is_train:
-            index, classes = self._read_segment_index(dataset_dict, image.shape[:2])
+            index, classes = self._read_segment_index(dataset_dict, image.shape[:2], orientation)
             # Transforms resize sem_seg with nearest interpolation, exact for uint8 (PIL path);
             # int32 is not supported there. More than 255 segments: encode the index in 3 uint8
             # channels.

@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
-from detectron2.data import detection_utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, Instances
 from panopticapi.utils import id2rgb
@@ -11,6 +10,7 @@ from torchvision.ops import masks_to_boxes
 
 from detr_panoptic_d2.config import add_detr_panoptic_config
 from detr_panoptic_d2.data.dataset_mapper import DetrPanopticDatasetMapper
+from detr_panoptic_runtime import image_io
 
 H, W = 48, 64
 # (segment id, category id, iscrowd, (y0, y1, x0, x1) half-open rectangle); large ids check
@@ -131,6 +131,13 @@ def test_no_segments(tmp_path):
     assert inst.gt_classes.shape == (0,)
 
 
+def test_crowd_only_image(tmp_path):
+    """Only crowd segments: no instance (every query learns no-object), the PNG still checked."""
+    crowd = [s for s in SEGMENTS if s[2]]
+    inst = mapper()(make_sample(tmp_path, segments=crowd))["instances"]
+    assert len(inst) == 0 and inst.gt_masks.tensor.shape == (0, H, W)
+
+
 def test_many_segments_ids_survive(tmp_path):
     # 300 segments of 6x1 pixels: more than a uint8 index map can hold
     segs = [
@@ -238,11 +245,10 @@ def test_bad_category(tmp_path, bad):
 
 
 def test_empty_image(tmp_path, monkeypatch):
+    """A decoder that returns a 0 x 0 image (Pillow cannot write one): an error naming the file."""
     d = make_sample(tmp_path)
-    monkeypatch.setattr(
-        detection_utils, "read_image", lambda f, format=None: np.zeros((0, 0, 3), np.uint8)
-    )
-    with pytest.raises(ValueError, match="img.png"):
+    monkeypatch.setattr(image_io, "_decode", lambda f, name, what, limit: Image.new("RGB", (0, 0)))
+    with pytest.raises(ValueError, match=r"img\.png is empty"):
         mapper()(d)
 
 

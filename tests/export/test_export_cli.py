@@ -167,3 +167,39 @@ def test_export_then_run_as_a_user(tmp_path, export_toy_root):
             ]
         segments += len(info)
     assert segments > 0
+
+
+def test_run_exported_same_stems_and_unreadable_files(exported, export_toy_root, tmp_path):
+    """a/1.jpg and b/1.jpg get out/a/1.* and out/b/1.*, each the prediction of its own image; a
+    corrupt file is skipped and named, the others still written, and the exit status is 1. An
+    unavailable ONNX Runtime provider is named in a warning."""
+    import onnxruntime
+
+    folder, names = val_images(export_toy_root)
+    for sub, name in (("a", names[0]), ("b", names[1])):
+        (tmp_path / "in" / sub).mkdir(parents=True)
+        (tmp_path / "in" / sub / "1.jpg").write_bytes(open(os.path.join(folder, name), "rb").read())
+    (tmp_path / "in" / "b" / "2.jpg").write_bytes(b"not a JPEG")
+    out = tmp_path / "out"
+    res = run_blocked(
+        os.path.join(REPO, "tools", "run_exported.py"),
+        ["--model", exported["onnx"], "--input", tmp_path / "in" / "a", tmp_path / "in" / "b",
+         "--output", out, "--providers", "CUDAExecutionProvider,CPUExecutionProvider"],
+        BLOCK_ALWAYS + ["torch"],
+        cwd=str(tmp_path),
+    )  # fmt: skip
+    assert res.returncode == 1, res.stdout
+    assert f"skipped: Image {tmp_path / 'in' / 'b' / '2.jpg'} cannot be read" in res.stdout
+    assert "1 file(s) could not be read" in res.stdout
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
+        "a", "a/1.json", "a/1.png", "b", "b/1.json", "b/1.png"
+    ]  # fmt: skip
+    runner = ExportedPanopticModel(exported["onnx"])
+    written = {}
+    for sub, name in (("a", names[0]), ("b", names[1])):
+        _, ids, _ = runner.predict_file(os.path.join(folder, name))
+        written[sub] = rgb2id(np.asarray(Image.open(out / sub / "1.png").convert("RGB")))
+        assert np.array_equal(written[sub], ids), sub
+    assert not np.array_equal(written["a"], written["b"])
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        assert "warning: --providers CUDAExecutionProvider not available" in res.stdout

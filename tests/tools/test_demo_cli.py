@@ -3,6 +3,7 @@ folder; clear errors for bad arguments."""
 
 import shutil
 
+import numpy as np
 import pytest
 from _cli import STAGE2, run_tool, tiny_opts
 
@@ -113,3 +114,27 @@ def test_demo_skips_unreadable_files_and_fails_at_the_end(cli_toy_root, tmp_path
     for bad in ("b_truncated.jpg", "c_corrupt.jpg"):
         assert f"skipped: Image {src / bad} cannot be read" in proc.stdout, proc.stdout[-4000:]
     assert "wrote 2 picture(s)" in proc.stdout and "2 file(s) could not be read" in proc.stdout
+
+
+def test_demo_same_stem_inputs_keep_their_folders(cli_toy_root, tmp_path):
+    """a/1.jpg and b/1.jpg: two pictures, out/a/1.png and out/b/1.png, of different images. Asked
+    for MODEL.DEVICE cuda without CUDA, the demo runs on cpu and says so in one warning."""
+    import torch
+    from PIL import Image
+
+    for folder, stem in (("a", "000001"), ("b", "000003")):
+        (tmp_path / "inputs" / folder).mkdir(parents=True)
+        shutil.copy(f"{cli_toy_root}/val/images/{stem}.jpg", tmp_path / "inputs" / folder / "1.jpg")
+    out = tmp_path / "vis"
+    proc = run_tool(
+        "demo.py", "--config-file", STAGE2,
+        "--input", tmp_path / "inputs" / "a" / "1.jpg", tmp_path / "inputs" / "b",
+        "--output", out, *_opts(tmp_path, cli_toy_root), "MODEL.DEVICE", "cuda",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == ["a/1.png", "b/1.png"]
+    a, b = (np.asarray(Image.open(out / f"{x}/1.png")) for x in "ab")
+    assert a.shape != b.shape or not np.array_equal(a, b)
+    if not torch.cuda.is_available():
+        warnings = [line for line in proc.stdout.splitlines() if "CUDA is not available" in line]
+        assert len(warnings) == 1 and "MODEL.DEVICE cuda" in warnings[0], proc.stdout[-4000:]
