@@ -128,6 +128,10 @@ def ddp_main(out_dir, toy_root, stage, max_iter, extra, targetless_rank=None, ta
     trainer.resume_or_load(resume=False)
     trainer.train()
     with open(os.path.join(out_dir, f"ddp_{rank}.json"), "w") as f:
-        json.dump({"iter": trainer.iter, "records": records, "targets": targets}, f)
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        json.dump(
+            {"iter": trainer.iter, "records": records, "targets": targets, "trainable": trainable},
+            f,
+        )
     torch.save(model.state_dict(), os.path.join(out_dir, f"ddp_{rank}.pt"))
     comm.synchronize()
