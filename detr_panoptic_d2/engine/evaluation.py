@@ -274,7 +274,7 @@ def build_detr_evaluator(cfg, dataset_name, output_folder):
         num_stuff = len(meta.get("stuff_classes", []))
         if first and "sem_seg_file_name" in first[0] and num_stuff == cfg.MODEL.DETR.NUM_CLASSES:
             evaluators.append(
-                SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+                DetrSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
             )
         else:
             logger.warning(
