@@ -69,6 +69,37 @@ def tiny_opts(out_dir, max_iter=2, toy_root=None):
     ]
 
 
+def tiny_lazy_opts(out_dir, max_iter=2, toy_root=None):
+    """:func:`tiny_opts` for the LazyConfig twins (``a.b=value`` overrides)."""
+    toy_root = toy_root or os.path.join(str(out_dir), "toy")
+    aug_train = "dataloader.train.mapper.augmentations"
+    aug_test = "dataloader.test.mapper.augmentations"
+    return [
+        f"train.device={TEST_DEVICE}",
+        "model.detr.transformer.num_encoder_layers=1",
+        "model.detr.transformer.num_decoder_layers=1",
+        "model.detr.num_queries=8",
+        "model.detr.transformer.dim_feedforward=128",
+        "dataloader.train.total_batch_size=2",
+        f"train.max_iter={max_iter}",
+        "lr_multiplier.steps=[]",
+        "lr_multiplier.warmup_iters=0",
+        "train.checkpointer.period=100000",
+        f"{aug_train}.min_size=[64]",
+        f"{aug_train}.max_size=96",
+        f"{aug_test}.min_size=64",
+        f"{aug_test}.max_size=96",
+        "dataloader.train.num_workers=0",
+        "dataloader.test.num_workers=0",
+        f"datasets.toy.root={toy_root}",
+        f"datasets.toy.num_train={TOY_NUM_TRAIN}",
+        f"datasets.toy.num_val={TOY_NUM_VAL}",
+        f"datasets.toy.image_size=[{TOY_IMAGE_SIZE[0]},{TOY_IMAGE_SIZE[1]}]",
+        "train.eval_period=0",
+        f"train.output_dir={out_dir}",
+    ]
+
+
 def tiny_cfg(out_dir, stage=1, max_iter=2, extra=(), toy_root=None, freeze=True):
     """The toy stage-1 (or stage-2) config made tiny; ``extra``: more KEY VALUE overrides."""
     cfg = get_cfg()

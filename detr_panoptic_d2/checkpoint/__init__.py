@@ -19,6 +19,7 @@ from .loading import (
     read_checkpoint_state,
     rename_legacy_keys,
 )
+from .official import OFFICIAL_PREFIX, OfficialDetrHandler
 from .torchvision_converter import (
     convert_resnet_state_dict,
     convert_torchvision_resnet,
@@ -27,6 +28,8 @@ from .torchvision_converter import (
 
 __all__ = [
     "DetrCheckpointer",
+    "OFFICIAL_PREFIX",
+    "OfficialDetrHandler",
     "load_detr_body",
     "load_submodule",
     "read_checkpoint_state",

@@ -6,6 +6,11 @@ import os
 
 import torch
 
+# Official DETR checkpoints hold their training arguments as an ``argparse.Namespace`` (plain
+# data): allowed in every ``torch.load(weights_only=True)`` of the process, so that Detectron2's
+# own checkpointer (``DefaultPredictor``, a LazyConfig training loop) reads them as ours does.
+torch.serialization.add_safe_globals([argparse.Namespace])
+
 
 def load_state_dict_file(path_or_url):
     """torch.load a local file or URL (downloaded through Detectron2's PathManager) on the CPU.
@@ -23,8 +28,9 @@ def load_state_dict_file(path_or_url):
     if not os.path.isfile(local):
         raise FileNotFoundError(f"no such checkpoint file: {path_or_url}")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(local, map_location="cpu", weights_only=True)
+        # argparse.Namespace is allowed process-wide above (a safe_globals context here would
+        # take it off again on exit, for Detectron2's loaders too)
+        return torch.load(local, map_location="cpu", weights_only=True)
     except Exception as e:
         raise RuntimeError(
             f"cannot read checkpoint {path_or_url}: not a readable PyTorch checkpoint "

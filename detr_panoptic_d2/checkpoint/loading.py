@@ -11,7 +11,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from .detr_converter import convert_detr_state_dict
-from .io import load_state_dict_file
+from .io import load_state_dict_file, save_d2_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +148,24 @@ def to_plugin_state(ckpt, source_name):
     return state
 
 
+def convert_to_plugin_file(path, converted_path, source_name=None, force=False):
+    """The checkpoint file ``path`` as Detectron2's plain checkpointer can read it: ``path``
+    itself when it is in this plugin's layout, else ``converted_path``, written once (atomically:
+    processes of one machine may ask together) from the original DETR checkpoint at ``path``."""
+    if os.path.isfile(converted_path) and not force:
+        return converted_path
+    ckpt = load_state_dict_file(path)
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not is_original_detr_layout(state):
+        return path
+    state = to_plugin_state(ckpt, source_name or path)
+    tmp = f"{converted_path}.tmp{os.getpid()}.pth"
+    save_d2_checkpoint(state, tmp, "detr_panoptic_d2 (converted from an original DETR checkpoint)")
+    os.replace(tmp, converted_path)
+    logger.info(f"{source_name or path}: converted to this plugin's layout in {converted_path}")
+    return converted_path
+
+
 def read_checkpoint_state(path, key):
     """The model state dict of the checkpoint file ``path`` in this plugin's names (see
     :func:`to_plugin_state`). ``key`` names the config key that gave the path, for errors."""
@@ -179,6 +197,59 @@ def load_submodule(module, path, prefix, key):
 def load_detr_body(detr, path, key="MODEL.DETR.FROZEN_WEIGHTS"):
     """Stage 2: the DETR body (``detr.*``) of a stage-1 checkpoint, loaded strictly."""
     load_submodule(detr, path, "detr.", key)
+
+
+def to_model_layout(state_dict, prefix, model):
+    """In place, for whatever loads ``model`` (``DetrPanoptic``) from ``state_dict`` under
+    ``prefix``: Detectron2's plain ``DetectionCheckpointer`` (``DefaultPredictor``, a LazyConfig
+    training loop), ``model.load_state_dict``. An original DETR checkpoint's keys are converted
+    (:func:`convert_detr_state_dict`), the earlier layout's renamed, and a class head of another
+    class count (fine-tuning) or training-only queries of another shape are left out (they keep
+    their initialization; the log says so), as :class:`DetrCheckpointer` does. Returns the keys
+    left out."""
+    keys = [k for k in state_dict if k.startswith(prefix)]
+    sub = {k[len(prefix) :]: state_dict[k] for k in keys}
+    changed = False
+    if is_original_detr_layout(sub):
+        if not any(k.endswith("class_embed.weight") for k in sub):
+            raise RuntimeError(
+                "an original DETR checkpoint without its class head: Detectron2's "
+                "DetectionCheckpointer drops tensors whose shape differs from the model's (the "
+                "official head has a row per COCO id) before the model can map them. Load it "
+                "by its official URL (converted on download), with DetrCheckpointer "
+                "(tools/train_net.py, tools/demo.py, detr_panoptic_d2.model_zoo.get), or "
+                "convert it first: tools/convert_detr_checkpoint.py"
+            )
+        sub, info = convert_detr_state_dict(sub, source_name="state dict")
+        logger.info(f"An original DETR {info.kind} state dict, converted on load")
+        changed = True
+    changed |= rename_legacy_keys(sub) > 0
+    own = model.state_dict()
+    dropped = [
+        k
+        for k, v in sub.items()
+        if k in own
+        and (k in CLASS_HEAD_KEYS or k.startswith(TRAINING_ONLY_PREFIXES))
+        and hasattr(v, "shape")
+        and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    if dropped:
+        logger.info(
+            "Left at their initialization (the checkpoint's have other shapes: another class "
+            "count or query groups): "
+            + ", ".join(
+                f"{k} (checkpoint {tuple(sub[k].shape)}, model {tuple(own[k].shape)})"
+                for k in dropped
+            )
+        )
+        for k in dropped:
+            del sub[k]
+        changed = True
+    if changed:
+        for k in keys:
+            del state_dict[k]
+        state_dict.update({prefix + k: v for k, v in sub.items()})
+    return dropped
 
 
 class DetrCheckpointer(DetectionCheckpointer):

@@ -82,18 +82,32 @@ class DetrAMPTrainer(AMPTrainer):
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
 
 
-def build_step_trainer(cfg, model, data_loader, optimizer):
-    """The per-iteration trainer: ``SimpleTrainer``, or with ``SOLVER.AMP.ENABLED`` a
-    :class:`DetrAMPTrainer` in ``SOLVER.AMP.PRECISION`` on ``MODEL.DEVICE``'s device type."""
-    amp = cfg.SOLVER.AMP
-    if not amp.ENABLED:
+def make_step_trainer(model, data_loader, optimizer, amp=False, precision="bfloat16", device="cpu"):
+    """The per-iteration trainer: ``SimpleTrainer``, or with ``amp`` a :class:`DetrAMPTrainer` in
+    ``precision`` ("bfloat16" / "float16") on the type of ``device``. Both config worlds build it
+    (YACS: :func:`build_step_trainer`; LazyConfig: ``train.amp``)."""
+    if not amp:
         return SimpleTrainer(model, data_loader, optimizer)
-    precision = amp.get("PRECISION", "bfloat16")
     if precision not in AMP_DTYPES:
+        raise ValueError(f"AMP precision must be one of {sorted(AMP_DTYPES)}, got {precision!r}")
+    return DetrAMPTrainer(
+        model,
+        data_loader,
+        optimizer,
+        precision=AMP_DTYPES[precision],
+        device_type=torch.device(device).type,
+    )
+
+
+def build_step_trainer(cfg, model, data_loader, optimizer):
+    """:func:`make_step_trainer` of ``SOLVER.AMP.ENABLED`` / ``SOLVER.AMP.PRECISION`` on
+    ``MODEL.DEVICE``."""
+    amp = cfg.SOLVER.AMP
+    precision = amp.get("PRECISION", "bfloat16")
+    if amp.ENABLED and precision not in AMP_DTYPES:
         raise ValueError(
             f"SOLVER.AMP.PRECISION must be one of {sorted(AMP_DTYPES)}, got {precision!r}"
         )
-    device_type = torch.device(cfg.MODEL.DEVICE).type
-    return DetrAMPTrainer(
-        model, data_loader, optimizer, precision=AMP_DTYPES[precision], device_type=device_type
+    return make_step_trainer(
+        model, data_loader, optimizer, amp.ENABLED, precision, cfg.MODEL.DEVICE
     )

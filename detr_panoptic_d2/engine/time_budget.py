@@ -121,6 +121,8 @@ class TimeBudget(HookBase):
         if scheduler is not None and hasattr(scheduler, "_max_iter"):  # LRMultiplier
             scheduler._max_iter = max_iter
         for h in trainer._hooks:
+            if isinstance(h, d2_hooks.LRScheduler) and hasattr(h.scheduler, "_max_iter"):
+                h.scheduler._max_iter = max_iter  # LazyConfig: the hook's own LRMultiplier
             if isinstance(h, d2_hooks.PeriodicCheckpointer):
                 h.max_iter = max_iter
             if isinstance(h, d2_hooks.PeriodicWriter):

@@ -136,6 +136,56 @@ class SyncNormStatistics(HookBase):
                 offset += b.numel()
 
 
+def create_detr_ddp_model(model, **kwargs):
+    """Detectron2's ``create_ddp_model`` (the model itself on one process), also for a model on the
+    CPU (multi-process CPU training with gloo): there no ``device_ids``, which DDP rejects for CPU
+    modules and Detectron2 would set to the local rank.
+
+    ``find_unused_parameters`` stays False (DDP's default, no extra graph traversal per step):
+    every trainable parameter gets a gradient in every iteration, also with query groups and
+    denoising queries (padding slots use the label embedding's "unknown" row when an image has no
+    target) and in stage 2 with masks for the matched queries only (the mask head runs on zero
+    rows when a batch has no target). tests/engine/test_ddp.py trains those cases on two
+    processes, where a parameter without gradient would be an error."""
+    if all(p.device.type == "cpu" for p in model.parameters()):
+        kwargs.setdefault("device_ids", None)
+    return create_ddp_model(model, **kwargs)
+
+
+def detr_training_hooks(
+    model, checkpointer, checkpoint_period, time_budget_minutes, milestones, max_iter
+):
+    """What both config worlds add to Detectron2's training hooks, as ``(first, before_eval)``:
+    ``first`` go before all others (the time budget, :class:`TimeBudget`, whose new end the lr
+    scheduler and the checkpointer see in the same step; averaging BatchNorm statistics across
+    processes, :class:`SyncNormStatistics`); ``before_eval`` go before the evaluation
+    (the checkpointer of a machine that keeps its own checkpoints, where Detectron2 gives the main
+    process alone one)."""
+    first, before_eval = [], []
+    if time_budget_minutes > 0:
+        first_drop = min(milestones) / max_iter if milestones else None
+        first.append(TimeBudget(time_budget_minutes * 60, first_drop))
+    norms = tracking_norms(model)
+    if comm.get_world_size() > 1 and norms:
+        first.append(SyncNormStatistics(norms))
+    if checkpointer.save_to_disk and not comm.is_main_process():
+        before_eval.append(d2_hooks.PeriodicCheckpointer(checkpointer, checkpoint_period))
+    return first, before_eval
+
+
+def check_same_start(start_iter, output_dir):
+    """On several processes, an error (in each) unless all resume from the same iteration: a
+    machine without the checkpoints would otherwise train from iteration 0 while the others
+    resume."""
+    starts = comm.all_gather(start_iter)
+    if len(set(starts)) > 1:
+        raise RuntimeError(
+            f"--resume: the processes would start at different iterations {starts} (by rank): "
+            f"the checkpoints of {output_dir} (last_checkpoint) differ between the "
+            "machines, or are missing on some. Give each machine the same checkpoints."
+        )
+
+
 class DetrPanopticTrainer(DefaultTrainer):
     """DefaultTrainer with DETR's data mapper, AdamW + backbone multiplier + full-model gradient
     clipping, the plugin's checkpointer, and the evaluators of :func:`build_detr_evaluator` (PQ, AP
@@ -163,16 +213,7 @@ class DetrPanopticTrainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
-        on_cpu = all(p.device.type == "cpu" for p in model.parameters())
-        # find_unused_parameters stays False (DDP's default, no extra graph traversal per step):
-        # every trainable parameter gets a gradient in every iteration, also with query groups
-        # and denoising queries (padding slots use the label embedding's "unknown" row when an
-        # image has no target) and in stage 2 with masks for the matched queries only (the mask
-        # head runs on zero rows when a batch has no target). tests/engine/test_ddp.py trains
-        # those cases on two processes, where a parameter without gradient would be an error.
-        model = create_ddp_model(
-            model, broadcast_buffers=False, **({"device_ids": None} if on_cpu else {})
-        )
+        model = create_detr_ddp_model(model, broadcast_buffers=False)
         self._trainer = build_step_trainer(cfg, model, data_loader, optimizer)  # AMP on CPU too
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         shared = machines_share_output_dir(cfg.OUTPUT_DIR)
@@ -189,34 +230,23 @@ class DetrPanopticTrainer(DefaultTrainer):
 
     def build_hooks(self):
         hooks = super().build_hooks()
-        norms = tracking_norms(self.model)
-        if comm.get_world_size() > 1 and norms:
-            hooks.insert(0, SyncNormStatistics(norms))  # before checkpoints and evaluation
-        if self.checkpointer.save_to_disk and not comm.is_main_process():
-            # this machine keeps its own checkpoints: DefaultTrainer gives the main process alone
-            # a checkpointer hook; this one goes where that one is, before the evaluation
-            at = next(i for i, h in enumerate(hooks) if isinstance(h, d2_hooks.EvalHook))
-            period = self.cfg.SOLVER.CHECKPOINT_PERIOD
-            hooks.insert(at, d2_hooks.PeriodicCheckpointer(self.checkpointer, period))
-        if self.cfg.SOLVER.TIME_BUDGET_MINUTES > 0:
-            # first: the lr scheduler and the checkpointer see a new end in the same step
-            solver = self.cfg.SOLVER
-            first_drop = min(solver.STEPS) / solver.MAX_ITER if solver.STEPS else None
-            hooks.insert(0, TimeBudget(solver.TIME_BUDGET_MINUTES * 60, first_drop))
-        return hooks
+        solver = self.cfg.SOLVER
+        first, before_eval = detr_training_hooks(
+            self.model,
+            self.checkpointer,
+            solver.CHECKPOINT_PERIOD,
+            solver.TIME_BUDGET_MINUTES,
+            solver.STEPS,
+            solver.MAX_ITER,
+        )
+        at = next(i for i, h in enumerate(hooks) if isinstance(h, d2_hooks.EvalHook))
+        return first + hooks[:at] + before_eval + hooks[at:]
 
     def resume_or_load(self, resume=True):
-        """DefaultTrainer.resume_or_load; on several processes, an error (in each) unless all
-        resume from the same iteration: a machine without the checkpoints would otherwise train
-        from iteration 0 while the others resume."""
+        """DefaultTrainer.resume_or_load; on several processes all must start at the same
+        iteration (:func:`check_same_start`)."""
         super().resume_or_load(resume=resume)
-        starts = comm.all_gather(self.start_iter)
-        if len(set(starts)) > 1:
-            raise RuntimeError(
-                f"--resume: the processes would start at different iterations {starts} (by rank): "
-                f"the checkpoints of {self.cfg.OUTPUT_DIR} (last_checkpoint) differ between the "
-                "machines, or are missing on some. Give each machine the same checkpoints."
-            )
+        check_same_start(self.start_iter, self.cfg.OUTPUT_DIR)
 
     def train(self):
         """DefaultTrainer.train; with SOLVER.TIME_BUDGET_MINUTES the loop ends where

@@ -13,7 +13,7 @@ from ..checkpoint.loading import (
     UninitializedParametersError,
     load_detr_body,
     load_submodule,
-    rename_legacy_keys,
+    to_model_layout,
     uninitialized_message,
 )
 from ..config import validate_config
@@ -142,8 +142,8 @@ class DetrPanoptic(nn.Module):
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # checkpoints written before the DETR body had its own module
-        rename_legacy_keys(state_dict, prefix)
+        # any loader reads official DETR checkpoints, the earlier layout, another class count
+        to_model_layout(state_dict, prefix, self)
         self._state_prefix = prefix  # _record_load_hook reads the missing keys under it
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 

@@ -196,7 +196,12 @@ class PanopticPostProcessor(nn.Module):
         if self.semantic_on or not self.masks_for_kept_only:
             return torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
         keep, _, _, inst_sel, _, _ = self._selections(logits)
-        return (keep & self.panoptic_on) | (inst_sel & self.instance_on)
+        need = torch.zeros_like(keep)
+        if self.panoptic_on:
+            need = need | keep
+        if self.instance_on:
+            need = need | inst_sel
+        return need
 
     def forward(self, logits, boxes, mask_logits, padded_size, image_size, out_size):
         """logits (N, K+1), boxes (N, 4) of one image; mask_logits (Q, H_pad/4, W_pad/4) of the

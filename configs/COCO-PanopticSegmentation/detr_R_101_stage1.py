@@ -1,0 +1,21 @@
+"""DETR panoptic on COCO, R-101, stage 1.
+
+The LazyConfig twin of detr_R_101_stage1.yaml:
+its values come from that YAML file (loaded with the plugin's defaults, ``_BASE_`` resolved)
+through ``detr_panoptic_d2.lazy``. Edit them here or on the command line, the LazyConfig way
+(``model.detr.num_queries=50``, ``train.max_iter=1000``; see docs/lazyconfig.md):
+
+    python tools/lazyconfig_train_net.py \
+        --config-file configs/COCO-PanopticSegmentation/detr_R_101_stage1.py
+"""
+
+from detr_panoptic_d2.lazy import lazy_twin
+
+_twin = lazy_twin(__file__)
+
+model = _twin.model
+dataloader = _twin.dataloader
+optimizer = _twin.optimizer
+lr_multiplier = _twin.lr_multiplier
+train = _twin.train
+datasets = _twin.datasets
