@@ -34,8 +34,8 @@ OFFICIAL_WEIGHTS = {
 
 def _config_roots():
     here = os.path.dirname(os.path.abspath(__file__))
-    # a copy inside the package (an installed wheel), else the checkout's configs/ (pip -e)
-    return [os.path.join(here, "configs"), os.path.join(os.path.dirname(here), "configs")]
+    # the checkout's configs/ (pip install -e), else the copy inside an installed wheel
+    return [os.path.join(os.path.dirname(here), "configs"), os.path.join(here, "configs")]
 
 
 def get_config_file(name):

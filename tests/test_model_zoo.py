@@ -173,3 +173,36 @@ def test_a_batch_through_the_model_and_the_predictor(tmp_path):
         single = model([batch[1]])[0]
     assert torch.equal(single["panoptic_seg"][0], out["panoptic_seg"][0])
     assert torch.allclose(single["sem_seg"], out["sem_seg"])
+
+
+@pytest.mark.slow
+def test_an_installed_wheel_ships_the_configs(tmp_path):
+    """A wheel of the checkout, installed elsewhere: model_zoo finds every config inside the
+    package (no checkout next to it), and a LazyConfig there still finds its YAML twin."""
+    import subprocess
+    import sys
+
+    pip = [sys.executable, "-m", "pip"]
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "w", REPO],
+        check=True,
+    )
+    (wheel,) = (tmp_path / "w").glob("*.whl")
+    target = tmp_path / "site"
+    subprocess.run([*pip, "install", "--no-deps", "-q", "--target", target, wheel], check=True)
+    code = (
+        "from detr_panoptic_d2 import model_zoo as z; "
+        "p = z.get_config_file('toy/detr_R18_toy_stage2.py'); print(p); "
+        "print(z.get_config('COCO-PanopticSegmentation/detr_R_50_stage2.py').model.detr.num_queries)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=str(target)),
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    path, queries = proc.stdout.strip().splitlines()[-2:]
+    assert path.startswith(str(target)), path
+    assert int(queries) == 100
