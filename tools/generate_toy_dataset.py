@@ -17,9 +17,9 @@ import logging
 import os
 
 import numpy as np
+from dataset_layouts import LAYOUTS, register_custom_panoptic, write_layout
 from PIL import Image
 
-from detr_panoptic_d2.data.layouts import LAYOUTS, register_custom_panoptic, write_layout
 from detr_panoptic_d2.data.scenes import THING_COLOR_MODES
 from detr_panoptic_d2.data.toy_dataset import generate_toy_panoptic, register_toy_panoptic
 
@@ -129,7 +129,7 @@ def main(argv=None):
     names = out["dataset_names"]
     if args.layout == "custom":
         print(
-            "register with detr_panoptic_d2.data.layouts.register_custom_panoptic(NAME, "
+            "register with dataset_layouts.register_custom_panoptic(NAME, "
             f"{out['dataset_root']!r}) (detectron2's register_coco_panoptic): names NAME_train, "
             "NAME_val"
         )

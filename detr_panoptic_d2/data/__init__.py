@@ -1,6 +1,5 @@
 from .dataset_mapper import DetrPanopticDatasetMapper, build_detr_augmentations
 from .datasets import PLUGIN_DATASET_NAMES, prepare_coco_panoptic_semseg, register_plugin_datasets
-from .layouts import LAYOUTS, register_custom_panoptic, write_layout
 from .registration import register_datasets_from_cfg
 from .scenes import THING_SHAPES, draw_scene
 from .toy_dataset import (

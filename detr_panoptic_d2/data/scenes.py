@@ -2,7 +2,7 @@
 
 One function, :func:`draw_scene`, draws an image, its per-pixel segment map and the segments'
 annotations. The toy data set (:mod:`.toy_dataset`) and the synthetic copies of real data set
-layouts (:mod:`.layouts`) both draw their images with it; the argument checks, metadata and
+layouts (``tools/dataset_layouts.py``, for tests and ``tools/generate_toy_dataset.py``) both draw their images with it; the argument checks, metadata and
 registration helpers the two share are here too.
 
 Things are shapes of 22-55 % of the short image side, 0-4 per image, drawn in order so that
@@ -240,7 +240,7 @@ def draw_scene(
     return Scene(rgb, ids, segments_from_ids(ids, category_of))
 
 
-# ------------------------------------------------ shared by .toy_dataset and .layouts
+# ------------------------------------------ shared by .toy_dataset and tools/dataset_layouts.py
 
 
 def check_split_sizes(num_train, num_val, image_size):

@@ -31,6 +31,9 @@ import numpy as np
 from PIL import Image
 
 from .scenes import (
+    MIN_THING_AREA,
+    NUM_THINGS_P,
+    THING_SIZE,
     check_split_sizes,
     check_thing_colors,
     draw_scene,
@@ -41,12 +44,6 @@ from .scenes import (
 logger = logging.getLogger(__name__)
 
 _FORMAT_VERSION = 3
-# Visible area (px) below which a thing falls back to the stuff underneath: a segment of fewer
-# pixels is a few cells of a stride-4 mask.
-_MIN_THING_AREA = 150
-# Thing size range, as a fraction of the short image side: 0.22 x 128 px ~ 28 px, two stride-16
-# cells.
-_THING_SIZE = (0.22, 0.55)
 _SPLITS = ("train", "val")
 
 # Non-contiguous dataset ids, as in COCO, so the contiguous-id mapping is exercised.
@@ -62,9 +59,6 @@ TOY_CATEGORIES = [
 ]
 _THINGS = [c for c in TOY_CATEGORIES if c["isthing"]]
 _STUFF = [c for c in TOY_CATEGORIES if not c["isthing"]]  # listed top-to-bottom
-# Probability of drawing 0, 1, ..., 4 thing instances in an image (up to 6 before version 3:
-# crowded images are the hardest for a DETR trained for minutes on a CPU).
-_NUM_THINGS_P = np.array([0.08, 0.25, 0.27, 0.22, 0.18])
 
 
 def _check_writable(root):
@@ -86,9 +80,9 @@ def _make_sample(rng, lo, hi, thing_colors="class"):
         things,
         _STUFF,
         thing_colors=thing_colors,
-        num_things_p=_NUM_THINGS_P,
-        thing_size=_THING_SIZE,
-        min_thing_area=_MIN_THING_AREA,
+        num_things_p=NUM_THINGS_P,
+        thing_size=THING_SIZE,
+        min_thing_area=MIN_THING_AREA,
     )
 
 
@@ -166,9 +160,9 @@ def generate_toy_panoptic(
         "thing_colors": thing_colors,
         # The generator's constants are part of the cache key: changing one regenerates a cached
         # set.
-        "thing_size": list(_THING_SIZE),
-        "min_thing_area": _MIN_THING_AREA,
-        "num_things_p": _NUM_THINGS_P.tolist(),
+        "thing_size": list(THING_SIZE),
+        "min_thing_area": MIN_THING_AREA,
+        "num_things_p": NUM_THINGS_P.tolist(),
     }
     result = {"root": root, **{s: _split_paths(root, s) for s in _SPLITS}}
     meta_path = os.path.join(root, "meta.json")

@@ -99,6 +99,10 @@ class DetrResNet(ResNet):
     values up to float rounding).
     """
 
+    # runs in its input's dtype from its float32 weights: InferenceRunner leaves it out of the
+    # reduced-precision copy of the body
+    follows_input_dtype = True
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._folded = DerivedTensors()

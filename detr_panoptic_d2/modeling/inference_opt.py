@@ -277,10 +277,8 @@ class InferenceRunner:
             )
 
     def _low_precision_params(self, detr):
-        from .backbone import DetrResNet  # noqa: PLC0415  (backbone imports this module)
-
         skip = FP32_BODY_PREFIXES
-        if isinstance(detr.backbone, DetrResNet):
+        if getattr(detr.backbone, "follows_input_dtype", False):  # DetrResNet: folds by itself
             skip = skip + ("backbone.",)
         named = [
             (n, t)

@@ -113,7 +113,7 @@ def test_root_defaults_to_detectron2s(catalogs, tmp_path, monkeypatch):
 def test_import_registers_nothing():
     code = (
         "import json, detr_panoptic_d2, detr_panoptic_d2.data.datasets, "
-        "detr_panoptic_d2.data.layouts\n"
+        "dataset_layouts\n"
         "from detectron2.data import DatasetCatalog\n"
         "from detr_panoptic_d2.data.datasets import PLUGIN_DATASET_NAMES\n"
         "print(json.dumps([n for n in PLUGIN_DATASET_NAMES if n in DatasetCatalog.list()]))\n"
@@ -209,9 +209,8 @@ def test_semantic_from_panoptic(tmp_path):
 
 
 def test_prepare_coco_panoptic_semseg(tmp_path, monkeypatch):
+    from dataset_layouts import write_layout
     from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
-
-    from detr_panoptic_d2.data.layouts import write_layout
 
     out = write_layout(tmp_path, "coco", 3, 2)
     sem_root = os.path.join(out["dataset_root"], "panoptic_semseg_val2017")

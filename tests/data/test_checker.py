@@ -4,11 +4,11 @@ reads it."""
 import json
 
 import numpy as np
+from dataset_layouts import register_custom_panoptic, write_layout
 from panopticapi.utils import id2rgb, rgb2id
 from PIL import Image
 
 from detr_panoptic_d2.data.checker import check_dataset
-from detr_panoptic_d2.data.layouts import register_custom_panoptic, write_layout
 
 
 def _broken_copy(tmp_path):

@@ -7,6 +7,7 @@ import logging
 
 import numpy as np
 import pytest
+from dataset_layouts import register_custom_panoptic, write_layout
 from detectron2.config import get_cfg
 from panopticapi.utils import id2rgb
 from PIL import Image
@@ -14,7 +15,6 @@ from PIL import Image
 from detr_panoptic_d2.config import add_detr_panoptic_config, validate_config
 from detr_panoptic_d2.data.checker import check_dataset
 from detr_panoptic_d2.data.dataset_mapper import DetrPanopticDatasetMapper
-from detr_panoptic_d2.data.layouts import register_custom_panoptic, write_layout
 from detr_panoptic_runtime.image_io import ImageTooLargeError
 
 H, W = 24, 32

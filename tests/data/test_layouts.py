@@ -16,16 +16,16 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
+from dataset_layouts import (
+    CUSTOM_CATEGORIES,
+    register_custom_panoptic,
+    write_layout,
+)
 from panopticapi.utils import rgb2id
 from PIL import Image
 from pycocotools.coco import COCO
 
 from detr_panoptic_d2.data.datasets import ADE20K_150_CATEGORIES, ADE20K_INSTANCE_CATEGORIES
-from detr_panoptic_d2.data.layouts import (
-    CUSTOM_CATEGORIES,
-    register_custom_panoptic,
-    write_layout,
-)
 from detr_panoptic_d2.data.scenes import THING_SHAPES
 
 NUM_TRAIN, NUM_VAL = 4, 3

@@ -4,9 +4,9 @@ missing field of the annotation file is named as a missing key, with the file an
 import json
 
 import pytest
+from dataset_layouts import register_custom_panoptic, write_layout
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from detr_panoptic_d2.data.layouts import register_custom_panoptic, write_layout
 from detr_panoptic_d2.engine import load_dataset_dicts
 
 

@@ -3,10 +3,12 @@
 
 import os
 import runpy
-
-from detr_panoptic_d2.data.layouts import register_custom_panoptic
+import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(REPO, "tools"))  # the tests' on-disk layouts (dataset_layouts.py)
+
+from dataset_layouts import register_custom_panoptic  # noqa: E402
 
 if __name__ == "__main__":
     register_custom_panoptic("warehouse", os.environ["WAREHOUSE_ROOT"])

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from dataset_layouts import CUSTOM_CATEGORIES, register_custom_panoptic, write_layout
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOPanopticEvaluator, SemSegEvaluator
 from detectron2.structures import BitMasks, Boxes, Instances
@@ -15,7 +16,6 @@ from detr_test_utils import tiny_cfg
 from panopticapi.utils import rgb2id
 from PIL import Image
 
-from detr_panoptic_d2.data.layouts import CUSTOM_CATEGORIES, register_custom_panoptic, write_layout
 from detr_panoptic_d2.engine import (
     DetrInstanceEvaluator,
     DetrPanopticEvaluator,

@@ -12,8 +12,7 @@ import sys
 
 import pytest
 import torch
-
-from detr_panoptic_d2.data.layouts import write_layout
+from dataset_layouts import write_layout
 
 pytestmark = pytest.mark.slow
 

@@ -5,9 +5,8 @@ import shutil
 
 import numpy as np
 from _cli import run_tool
+from dataset_layouts import write_layout
 from PIL import Image
-
-from detr_panoptic_d2.data.layouts import write_layout
 
 
 def test_remakes_the_semantic_pngs(tmp_path):

@@ -58,7 +58,7 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from .scenes import (
+from detr_panoptic_d2.data.scenes import (
     THING_SHAPES,
     check_split_sizes,
     check_thing_colors,
@@ -301,7 +301,7 @@ def _remap(ids, lut):
 
 def _coco_info():
     return {
-        "description": "synthetic data in the COCO layout (detr_panoptic_d2.data.layouts)",
+        "description": "synthetic data in the COCO layout (dataset_layouts)",
         "version": "1.0",
         "year": 2017,
     }
