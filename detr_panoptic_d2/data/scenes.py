@@ -2,8 +2,9 @@
 
 One function, :func:`draw_scene`, draws an image, its per-pixel segment map and the segments'
 annotations. The toy data set (:mod:`.toy_dataset`) and the synthetic copies of real data set
-layouts (``tools/dataset_layouts.py``, for tests and ``tools/generate_toy_dataset.py``) both draw their images with it; the argument checks, metadata and
-registration helpers the two share are here too.
+layouts (``tools/dataset_layouts.py``, for tests and ``tools/generate_toy_dataset.py``) both draw
+their images with it; the argument checks, metadata and registration helpers the two share are
+here too.
 
 Things are shapes of 22-55 % of the short image side, 0-4 per image, drawn in order so that
 later ones occlude earlier ones; a thing with fewer than 150 visible pixels gives way to the stuff
