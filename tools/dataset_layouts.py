@@ -151,7 +151,7 @@ def _categories(layout):
 
         return [{**c, "color": list(c["color"])} for c in CITYSCAPES_CATEGORIES]
     if layout == "ade20k":
-        from .datasets.ade20k_panoptic import ADE20K_150_CATEGORIES
+        from detr_panoptic_d2.data.datasets.ade20k_panoptic import ADE20K_150_CATEGORIES
 
         return [dict(c) for c in ADE20K_150_CATEGORIES]
     return [dict(c) for c in CUSTOM_CATEGORIES]
@@ -313,7 +313,7 @@ def _coco_info():
 def _write_coco(droot, cfg):
     from panopticapi.utils import id2rgb
 
-    from .datasets.coco_panoptic_semseg import write_semantic_from_panoptic
+    from detr_panoptic_d2.data.datasets.coco_panoptic_semseg import write_semantic_from_panoptic
 
     cats = _categories("coco")
     things, stuff = _scene_classes("coco", cats)
@@ -632,7 +632,7 @@ def _ade20k_panoptic(semantic, instance, json_cats, instance_to_category, rng):
 
 
 def _write_ade20k(droot, cfg):
-    from .datasets.ade20k_panoptic import ADE20K_INSTANCE_CATEGORIES
+    from detr_panoptic_d2.data.datasets.ade20k_panoptic import ADE20K_INSTANCE_CATEGORIES
 
     cats = _categories("ade20k")
     things, stuff = _scene_classes("ade20k", cats)

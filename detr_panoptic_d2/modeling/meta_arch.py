@@ -114,7 +114,7 @@ class DetrPanoptic(nn.Module):
             denoising=d.DN.COPIES > 0 and not stage2,
         )
         names = list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
-        postprocessor = PanopticPostProcessor.from_config(
+        postprocessor = PanopticPostProcessor(
             cfg, thing_classes_from_metadata(names, d.NUM_CLASSES), mask_head is not None
         )
         return {

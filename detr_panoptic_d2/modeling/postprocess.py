@@ -6,6 +6,7 @@ import logging
 
 import torch
 import torch.nn.functional as F
+from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import detector_postprocess
 from detectron2.structures import Boxes, Instances
@@ -135,6 +136,7 @@ class PanopticPostProcessor(nn.Module):
     output), and ``__call__`` takes the mask logits of exactly those, in query order.
     """
 
+    @configurable
     def __init__(
         self,
         *,
@@ -167,20 +169,22 @@ class PanopticPostProcessor(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, is_thing, has_masks):
+        """Keyword arguments from ``cfg.MODEL.DETR.TEST``; ``is_thing`` (K,) bool from the data
+        set metadata, ``has_masks`` whether the model has a mask head."""
         t = cfg.MODEL.DETR.TEST
-        return cls(
-            is_thing=is_thing,
-            has_masks=has_masks,
-            object_mask_threshold=t.OBJECT_MASK_THRESHOLD,
-            min_segment_area=t.MIN_SEGMENT_AREA,
-            merge=t.PANOPTIC_MERGE,
-            stuff_merge=t.STUFF_MERGE,
-            overlap_threshold=t.OVERLAP_THRESHOLD,
-            panoptic_on=t.PANOPTIC_ON,
-            instance_on=t.INSTANCE_ON,
-            semantic_on=t.SEMANTIC_ON,
-            masks_for_kept_only=t.MASKS_FOR_KEPT_ONLY,
-        )
+        return {
+            "is_thing": is_thing,
+            "has_masks": has_masks,
+            "object_mask_threshold": t.OBJECT_MASK_THRESHOLD,
+            "min_segment_area": t.MIN_SEGMENT_AREA,
+            "merge": t.PANOPTIC_MERGE,
+            "stuff_merge": t.STUFF_MERGE,
+            "overlap_threshold": t.OVERLAP_THRESHOLD,
+            "panoptic_on": t.PANOPTIC_ON,
+            "instance_on": t.INSTANCE_ON,
+            "semantic_on": t.SEMANTIC_ON,
+            "masks_for_kept_only": t.MASKS_FOR_KEPT_ONLY,
+        }
 
     def _selections(self, logits):
         """(panoptic keep, instance selection) (N,) bool each, with scores and labels of both."""

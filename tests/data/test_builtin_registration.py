@@ -118,7 +118,11 @@ def test_import_registers_nothing():
         "from detr_panoptic_d2.data.datasets import PLUGIN_DATASET_NAMES\n"
         "print(json.dumps([n for n in PLUGIN_DATASET_NAMES if n in DatasetCatalog.list()]))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    tools = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "tools")
+    env = dict(os.environ, PYTHONPATH=tools)  # dataset_layouts.py, the tests' layout writers
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
 

@@ -133,9 +133,9 @@ def test_cache_regenerates_when_generator_constants_change(tmp_path, monkeypatch
 
     assert generate_toy_panoptic(tmp_path, num_train=2, num_val=1)["generated"] is True
     assert generate_toy_panoptic(tmp_path, num_train=2, num_val=1)["generated"] is False
-    monkeypatch.setattr(toy_dataset, "_NUM_THINGS_P", np.array([0.0, 0.0, 1.0]))
+    monkeypatch.setattr(toy_dataset, "NUM_THINGS_P", np.array([0.0, 0.0, 1.0]))
     assert generate_toy_panoptic(tmp_path, num_train=2, num_val=1)["generated"] is True
-    monkeypatch.setattr(toy_dataset, "_THING_SIZE", (0.3, 0.4))
+    monkeypatch.setattr(toy_dataset, "THING_SIZE", (0.3, 0.4))
     assert generate_toy_panoptic(tmp_path, num_train=2, num_val=1)["generated"] is True
 
 
