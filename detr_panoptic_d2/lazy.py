@@ -21,8 +21,8 @@ Sections of a LazyConfig (as Detectron2's ``tools/lazyconfig_train_net.py`` read
 * ``optimizer``: :func:`detr_optimizer` (AdamW or SGD, backbone multiplier, full-model gradient
   clipping), ``optimizer.params.model`` set to the model before instantiating, as in Detectron2;
 * ``lr_multiplier``: :func:`lr_schedule`, Detectron2's ``SOLVER.LR_SCHEDULER_NAME`` schedules;
-* ``train``: Detectron2's ``common/train.py`` with the YAML's values, plus ``amp.precision``,
-  ``time_budget_minutes`` and ``seed``;
+* ``train``: Detectron2's ``common/train.py`` with the YAML's values (``device`` cpu where CUDA is
+  not available, with a warning), plus ``amp.precision``, ``time_budget_minutes`` and ``seed``;
 * ``datasets``: the train and test data set names and the toy set's generation options
   (``DATASETS.TOY``); the data sets are registered when the model, a loader or the evaluator is
   built from them.
@@ -596,6 +596,11 @@ def _train(cfg):
     train.checkpointer.period = cfg.SOLVER.CHECKPOINT_PERIOD
     train.checkpointer.max_to_keep = None  # DefaultTrainer's: all are kept
     train.device = cfg.MODEL.DEVICE
+    if train.device.startswith("cuda") and not torch.cuda.is_available():
+        # as the YAML tools fall back, so that any LazyConfig loop (Detectron2's own included)
+        # runs here: said once, when the config is made
+        logger.warning(f"train.device {train.device}: CUDA is not available, cpu instead")
+        train.device = "cpu"
     train.amp.enabled = cfg.SOLVER.AMP.ENABLED
     train.amp.precision = cfg.SOLVER.AMP.PRECISION
     train.time_budget_minutes = cfg.SOLVER.TIME_BUDGET_MINUTES

@@ -234,6 +234,9 @@ def test_detectron2s_own_lazyconfig_loop_on_the_toy_twins(tmp_path):
         trainer.train(0, cfg.train.max_iter)
         return model
 
+    # as loaded, the device is one this machine has (the YAML tools fall back the same way)
+    loaded = LazyConfig.load(os.path.join(REPO, "configs", f"{TOY1}.py"))
+    assert loaded.train.device == ("cuda" if torch.cuda.is_available() else "cpu")
     cfgs = []
     for stage, extra in (
         (1, []),
