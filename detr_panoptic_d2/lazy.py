@@ -36,6 +36,12 @@ from detectron2.config import CfgNode, LazyCall, get_cfg
 from detectron2.layers import ShapeSpec
 
 from .config import add_detr_panoptic_config
+from .modeling.criterion import (
+    loss_weights,
+    stage_losses,
+    supervised_aux_layers,
+    trains_denoising,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -118,23 +124,18 @@ def resnet_feature_channels(features, res2_out_channels=256):
     return [int(res2_out_channels) * 2 ** (int(f[3:]) - 2) for f in features]
 
 
+# The criterion's stage-dependent options, of ``model.frozen_weights`` (stage 2 when set) so that
+# overriding it makes the LazyConfig stage 2 as MODEL.DETR.FROZEN_WEIGHTS does the YAML one.
 def criterion_losses(has_masks, frozen_weights=""):
-    """``SetCriterion``'s losses: masks only in stage 2 (``frozen_weights`` set), else labels and
-    boxes (and masks with a mask head), as ``DetrPanoptic.from_config`` chooses them."""
-    if frozen_weights:
-        return ("masks",)
-    return ("labels", "boxes") + (("masks",) if has_masks else ())
+    return stage_losses(has_masks, bool(frozen_weights))
 
 
 def criterion_aux_layers(num_decoder_layers, deep_supervision=True, frozen_weights=""):
-    """Auxiliary decoder layers the criterion supervises: every earlier one with deep supervision,
-    none in stage 2."""
-    return num_decoder_layers - 1 if deep_supervision and not frozen_weights else 0
+    return supervised_aux_layers(num_decoder_layers, deep_supervision, bool(frozen_weights))
 
 
 def criterion_denoising(dn_copies, frozen_weights=""):
-    """Whether the criterion trains denoising queries: with copies, not in stage 2."""
-    return dn_copies > 0 and not frozen_weights
+    return trains_denoising(dn_copies, bool(frozen_weights))
 
 
 def register_datasets(names, toy=None, generate=True):
@@ -379,15 +380,7 @@ def _model(cfg):
         width_per_group=r.WIDTH_PER_GROUP,
         in_channels=len(cfg.MODEL.PIXEL_MEAN),
     )
-    transformer = L(Transformer)(
-        d_model=d.HIDDEN_DIM,
-        nhead=d.NHEADS,
-        num_encoder_layers=d.ENC_LAYERS,
-        num_decoder_layers=d.DEC_LAYERS,
-        dim_feedforward=d.DIM_FEEDFORWARD,
-        dropout=d.DROPOUT,
-        normalize_before=d.PRE_NORM,
-    )
+    transformer = L(Transformer)(**Transformer.from_config(cfg))
     training_queries = None
     if d.GROUPS > 1 or d.DN.COPIES > 0:
         training_queries = L(TrainingQueries)(
@@ -413,13 +406,7 @@ def _model(cfg):
         matcher=L(HungarianMatcher)(
             cost_class=d.COST_CLASS, cost_bbox=d.COST_BBOX, cost_giou=d.COST_GIOU
         ),
-        weight_dict={
-            "loss_ce": d.CLASS_WEIGHT,
-            "loss_bbox": d.L1_WEIGHT,
-            "loss_giou": d.GIOU_WEIGHT,
-            "loss_mask": d.MASK_WEIGHT,
-            "loss_dice": d.DICE_WEIGHT,
-        },
+        weight_dict=loss_weights(d),
         losses=L(criterion_losses)(has_masks=has_masks, frozen_weights="${...frozen_weights}"),
         num_aux_layers=L(criterion_aux_layers)(
             num_decoder_layers="${...detr.transformer.num_decoder_layers}",
@@ -433,23 +420,14 @@ def _model(cfg):
             dn_copies=d.DN.COPIES, frozen_weights="${...frozen_weights}"
         ),
     )
+    is_thing = L(thing_classes)(
+        num_classes="${...detr.num_classes}",
+        test="${datasets.test}",
+        train="${datasets.train}",
+        toy="${datasets.toy}",
+    )
     postprocessor = L(PanopticPostProcessor)(
-        is_thing=L(thing_classes)(
-            num_classes="${...detr.num_classes}",
-            test="${datasets.test}",
-            train="${datasets.train}",
-            toy="${datasets.toy}",
-        ),
-        has_masks=has_masks,
-        object_mask_threshold=t.OBJECT_MASK_THRESHOLD,
-        min_segment_area=t.MIN_SEGMENT_AREA,
-        merge=t.PANOPTIC_MERGE,
-        stuff_merge=t.STUFF_MERGE,
-        overlap_threshold=t.OVERLAP_THRESHOLD,
-        panoptic_on=t.PANOPTIC_ON,
-        instance_on=t.INSTANCE_ON,
-        semantic_on=t.SEMANTIC_ON,
-        masks_for_kept_only=t.MASKS_FOR_KEPT_ONLY,
+        **PanopticPostProcessor.from_config(cfg, is_thing, has_masks)
     )
     mask_head = None
     if has_masks:

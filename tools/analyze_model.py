@@ -56,9 +56,7 @@ class InferenceNetwork(nn.Module):
         logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
         if m.mask_head is None:
             return logits, boxes
-        need = torch.stack([m.postprocessor.queries_needing_masks(lg) for lg in logits])
-        batch_idx, queries = need.nonzero(as_tuple=True)
-        return logits, boxes, m.mask_head(features, batch_idx, queries)
+        return logits, boxes, m.needed_masks(outputs, features)[1]
 
 
 def load_config(args):
@@ -177,12 +175,18 @@ def main(argv=None):
     setup_logger(name="fvcore")
     setup_logger(name="detr_panoptic_d2")
     cfg, lazy = load_config(args)
-    if not lazy:
-        cfg.defrost()
-        if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+    key, device = (
+        ("train.device", cfg.train.get("device", "cpu"))
+        if lazy
+        else ("MODEL.DEVICE", cfg.MODEL.DEVICE)
+    )
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        logger.warning(f"{key} {device}: CUDA is not available, cpu instead")
+        if lazy:
+            cfg.train.device = "cpu"
+        else:
+            cfg.defrost()
             cfg.MODEL.DEVICE = "cpu"
-    elif str(cfg.train.get("device", "cpu")).startswith("cuda") and not torch.cuda.is_available():
-        cfg.train.device = "cpu"
     if not lazy:  # a LazyConfig's loaders register the data sets they read
         from detr_panoptic_d2.data import register_datasets_from_cfg
 

@@ -11,11 +11,4 @@ through ``detr_panoptic_d2.lazy``. Edit them here or on the command line, the La
 
 from detr_panoptic_d2.lazy import lazy_twin
 
-_twin = lazy_twin(__file__)
-
-model = _twin.model
-dataloader = _twin.dataloader
-optimizer = _twin.optimizer
-lr_multiplier = _twin.lr_multiplier
-train = _twin.train
-datasets = _twin.datasets
+model, dataloader, optimizer, lr_multiplier, train, datasets = lazy_twin(__file__).values()

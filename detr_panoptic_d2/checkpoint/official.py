@@ -11,7 +11,6 @@ official URL loads the same weights through every loader.
 """
 
 import logging
-import os
 
 from detectron2.utils.file_io import PathManager
 from iopath.common.file_io import HTTPURLHandler, PathHandler
@@ -40,12 +39,6 @@ class OfficialDetrHandler(PathHandler):
 
     def _open(self, path, mode="r", buffering=-1, **kwargs):
         return open(self._get_local_path(path), mode, buffering=buffering)
-
-    def _isfile(self, path, **kwargs):
-        return os.path.isfile(self._get_local_path(path))
-
-    def _exists(self, path, **kwargs):
-        return self._isfile(path)
 
 
 HANDLER = OfficialDetrHandler()

@@ -26,6 +26,37 @@ def focal_loss(inputs, targets, num_boxes, alpha=0.25, gamma=2.0):
     return loss.mean(1).sum() / num_boxes
 
 
+def loss_weights(detr_cfg):
+    """``SetCriterion``'s ``weight_dict`` from ``cfg.MODEL.DETR``."""
+    d = detr_cfg
+    return {
+        "loss_ce": d.CLASS_WEIGHT,
+        "loss_bbox": d.L1_WEIGHT,
+        "loss_giou": d.GIOU_WEIGHT,
+        "loss_mask": d.MASK_WEIGHT,
+        "loss_dice": d.DICE_WEIGHT,
+    }
+
+
+def stage_losses(has_masks, stage2):
+    """The losses a stage trains: the masks only in stage 2 (the body frozen), else labels and
+    boxes, and masks with a mask head."""
+    if stage2:
+        return ("masks",)
+    return ("labels", "boxes") + (("masks",) if has_masks else ())
+
+
+def supervised_aux_layers(num_decoder_layers, deep_supervision, stage2):
+    """Auxiliary decoder layers the criterion supervises: every earlier one with deep supervision,
+    none in stage 2."""
+    return num_decoder_layers - 1 if deep_supervision and not stage2 else 0
+
+
+def trains_denoising(dn_copies, stage2):
+    """Whether the criterion trains denoising queries: with copies, not in stage 2."""
+    return dn_copies > 0 and not stage2
+
+
 class SetCriterion(nn.Module):
     """Losses of DETR given a Hungarian matching of queries to targets.
 

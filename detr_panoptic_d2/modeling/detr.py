@@ -85,15 +85,7 @@ class DETR(nn.Module):
                 f"MODEL.DETR.IN_FEATURE={d.IN_FEATURE!r} is not a backbone output "
                 f"(MODEL.RESNETS.OUT_FEATURES gives {sorted(backbone.output_shape())})"
             )
-        transformer = Transformer(
-            d_model=d.HIDDEN_DIM,
-            nhead=d.NHEADS,
-            num_encoder_layers=d.ENC_LAYERS,
-            num_decoder_layers=d.DEC_LAYERS,
-            dim_feedforward=d.DIM_FEEDFORWARD,
-            dropout=d.DROPOUT,
-            normalize_before=d.PRE_NORM,
-        )
+        transformer = Transformer(cfg)
         training_queries = None
         if d.GROUPS > 1 or d.DN.COPIES > 0:
             training_queries = TrainingQueries(

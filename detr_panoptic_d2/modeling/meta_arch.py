@@ -17,7 +17,13 @@ from ..checkpoint.loading import (
     uninitialized_message,
 )
 from ..config import validate_config
-from .criterion import SetCriterion
+from .criterion import (
+    SetCriterion,
+    loss_weights,
+    stage_losses,
+    supervised_aux_layers,
+    trains_denoising,
+)
 from .detr import DETR
 from .inference_opt import InferenceRunner
 from .mask_head import build_mask_head
@@ -93,25 +99,16 @@ class DetrPanoptic(nn.Module):
         detr = DETR(cfg)
         mask_head = build_mask_head(cfg, detr.backbone.output_shape())
         stage2 = bool(d.FROZEN_WEIGHTS)
-        weights = {
-            "loss_ce": d.CLASS_WEIGHT,
-            "loss_bbox": d.L1_WEIGHT,
-            "loss_giou": d.GIOU_WEIGHT,
-            "loss_mask": d.MASK_WEIGHT,
-            "loss_dice": d.DICE_WEIGHT,
-        }
         criterion = SetCriterion(
             d.NUM_CLASSES,
             HungarianMatcher(d.COST_CLASS, d.COST_BBOX, d.COST_GIOU),
-            weights,
-            losses=("masks",)
-            if stage2
-            else ("labels", "boxes") + (("masks",) if mask_head else ()),
-            num_aux_layers=d.DEC_LAYERS - 1 if d.DEEP_SUPERVISION and not stage2 else 0,
+            loss_weights(d),
+            losses=stage_losses(mask_head is not None, stage2),
+            num_aux_layers=supervised_aux_layers(d.DEC_LAYERS, d.DEEP_SUPERVISION, stage2),
             eos_coef=d.NO_OBJECT_WEIGHT,
             focal_alpha=d.FOCAL_ALPHA,
             focal_gamma=d.FOCAL_GAMMA,
-            denoising=d.DN.COPIES > 0 and not stage2,
+            denoising=trains_denoising(d.DN.COPIES, stage2),
         )
         names = list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
         postprocessor = PanopticPostProcessor(
@@ -251,18 +248,23 @@ class DetrPanoptic(nn.Module):
         return losses
 
     # ---- inference -----------------------------------------------------------------------------
+    def needed_masks(self, outputs, features):
+        """The mask logits of the queries that can reach an output, for the whole batch in one
+        mask-head call: (need (B, N) bool, (K, H/4, W/4) logits of need's queries, image by image,
+        queries ascending)."""
+        need = torch.stack(
+            [self.postprocessor.queries_needing_masks(lg) for lg in outputs["pred_logits"]]
+        )
+        batch_idx, queries = need.nonzero(as_tuple=True)
+        return need, self.mask_head(features, batch_idx, queries)
+
     def inference(self, batched_inputs, images, outputs, features):
         """Per image, the post-processor's results. With a mask head, the masks of every image's
         queries that can reach an output are computed in one mask-head call for the batch (a
         constant number of host syncs, not a few per image), then split per image."""
         per_image = [None] * len(batched_inputs)
         if self.mask_head is not None:
-            # mask logits only for the queries that can reach an output (sorted query indices)
-            need = torch.stack(
-                [self.postprocessor.queries_needing_masks(lg) for lg in outputs["pred_logits"]]
-            )  # (B, N)
-            batch_idx, queries = need.nonzero(as_tuple=True)  # image by image, queries ascending
-            masks = self.mask_head(features, batch_idx, queries)
+            need, masks = self.needed_masks(outputs, features)
             per_image = masks.split(need.sum(1).tolist())
         results = []
         for b, (x, image_size) in enumerate(zip(batched_inputs, images.image_sizes)):

@@ -17,6 +17,7 @@ import copy
 
 import torch
 import torch.nn.functional as F
+from detectron2.config import configurable
 from torch import nn
 
 
@@ -134,6 +135,7 @@ class Transformer(nn.Module):
     through the shared final decoder LayerNorm, and the encoded image ("memory"), (B, C, H, W).
     """
 
+    @configurable
     def __init__(
         self,
         d_model=256,
@@ -157,6 +159,20 @@ class Transformer(nn.Module):
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
+
+    @classmethod
+    def from_config(cls, cfg):
+        """Keyword arguments from ``cfg.MODEL.DETR``."""
+        d = cfg.MODEL.DETR
+        return {
+            "d_model": d.HIDDEN_DIM,
+            "nhead": d.NHEADS,
+            "num_encoder_layers": d.ENC_LAYERS,
+            "num_decoder_layers": d.DEC_LAYERS,
+            "dim_feedforward": d.DIM_FEEDFORWARD,
+            "dropout": d.DROPOUT,
+            "normalize_before": d.PRE_NORM,
+        }
 
     def forward(self, src, mask, query_embed, pos_embed, tgt=None, query_mask=None):
         """src: (B, C, H, W); mask: (B, H, W) True on padding; query_embed: (N, C), or (N, B, C)
