@@ -148,16 +148,18 @@ def breakdown(model, inputs, args):
     (input projection, transformer, heads), the mask head on the kept queries, and the rest (image
     normalization and padding, query selection, the panoptic merge; the difference of medians, so
     noisy)."""
-    runner = model.inference_runner
     with torch.inference_mode():
+        plan = model.prepare_inference()
+        backbone = plan.backbone or model.detr.backbone
         images, mask = model.preprocess_image(inputs)
-        x = images.tensor.to(dtype=runner.dtype, memory_format=torch.channels_last)
-        outputs, features = runner(model.detr, images.tensor, mask, model.mask_head)
-        q = model.postprocessor.queries_needing_masks(outputs["pred_logits"][0]).nonzero()[:, 0]
+        x = images.tensor.to(dtype=plan.dtype, memory_format=torch.channels_last)
+        outputs, features = model.run_body(images.tensor, mask)
+        q = model.postprocessor.select(outputs["pred_logits"][0]).needs_mask.nonzero()[:, 0]
+        head_kwargs = plan.mask_head_kwargs()
         parts = {
-            "backbone": lambda: model.detr.backbone(x),
-            "body": lambda: runner(model.detr, images.tensor, mask, model.mask_head),
-            "mask head": lambda: model.mask_head(features, torch.zeros_like(q), q),
+            "backbone": lambda: backbone(x),
+            "body": lambda: model.run_body(images.tensor, mask),
+            "mask head": lambda: model.mask_head(features, torch.zeros_like(q), q, **head_kwargs),
             "total": lambda: model(inputs),
         }
         res = {}

@@ -158,9 +158,14 @@ def compare(variant, size, kept, precision="fp32", query_spread=2.0):
     with torch.no_grad():
         ref = original.model([(image / 255.0 - original.mean) / original.std])
         images, mask = plugin.preprocess_image([{"image": image}])
-        out, features = plugin.inference_runner(plugin.detr, images.tensor, mask, plugin.mask_head)
+        out, features = plugin.run_body(images.tensor, mask)
         n = out["pred_logits"].shape[1]
-        masks = plugin.mask_head(features, torch.zeros(n, dtype=torch.long), torch.arange(n))
+        masks = plugin.mask_head(
+            features,
+            torch.zeros(n, dtype=torch.long),
+            torch.arange(n),
+            **plugin.prepare_inference().mask_head_kwargs(),
+        )
     result = {
         "logits": (out["pred_logits"] - ref["pred_logits"][..., order]).abs().max().item(),
         "boxes": (out["pred_boxes"] - ref["pred_boxes"]).abs().max().item(),
@@ -199,10 +204,10 @@ def compare(variant, size, kept, precision="fp32", query_spread=2.0):
     result["agreement"] = panoptic_agreement(ref_ids, ref_cats, ids.numpy(), {0: -1, **cats})
     # the original's raw outputs through the plugin's post-processing: the merge alone
     logits = raw["pred_logits"][0][:, order]
-    need = plugin.postprocessor.queries_needing_masks(logits)
-    res = plugin.postprocessor(
-        logits, raw["pred_boxes"][0], raw["pred_masks"][0][need], (h, w), (h, w), (h, w)
-    )
+    selection = plugin.postprocessor.select(logits)
+    queries = selection.needs_mask.nonzero()[:, 0]
+    selection.attach_masks(queries, raw["pred_masks"][0][queries])
+    res = plugin.postprocessor(selection, logits, raw["pred_boxes"][0], (h, w), (h, w), (h, w))
     ids, info = res["panoptic_seg"]
     cats = {s["id"]: order[s["category_id"]].item() for s in info}
     result["merge_agreement"] = panoptic_agreement(ref_ids, ref_cats, ids.numpy(), {0: -1, **cats})

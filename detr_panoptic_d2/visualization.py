@@ -46,15 +46,14 @@ def explain_queries(model, inputs, metadata, out_path, input_format="RGB", max_q
     import matplotlib.pyplot as plt
 
     from .modeling.box_ops import cxcywh_to_xyxy
-    from .modeling.postprocess import select_queries, upsample_masks
+    from .modeling.postprocess import upsample_masks
 
     model.eval()
     images, mask = model.preprocess_image([inputs])
-    outputs, features = model.detr(images.tensor, mask)
-    keep, scores, labels = select_queries(
-        outputs["pred_logits"][0], model.postprocessor.object_mask_threshold
-    )
-    queries = keep.nonzero()[:, 0][:max_queries]
+    outputs, features = model.run_body(images.tensor, mask)  # the model's own inference path
+    selection = model.select(outputs, features)[0]
+    scores, labels = selection.scores, selection.labels
+    queries = selection.keep.nonzero()[:, 0][:max_queries]
     h, w = images.image_sizes[0]
     image = inputs["image"].permute(1, 2, 0).cpu().numpy().clip(0, 255).astype(np.uint8)
     if input_format == "BGR":
@@ -68,7 +67,9 @@ def explain_queries(model, inputs, metadata, out_path, input_format="RGB", max_q
         attn = model.mask_head.bbox_attention(
             features["box_embed"][0, queries], features["memory"][0], features["memory_mask"][0]
         )  # (Q, M, h/32, w/32)
-        masks = model.mask_head(features, torch.zeros_like(queries), queries)
+        keep = torch.zeros_like(selection.keep)
+        keep[queries] = True
+        masks = selection.mask_logits[selection.rows(keep, "drawn")]
         masks = upsample_masks(masks, images.tensor.shape[-2:], (h, w))
         boxes = outputs["pred_boxes"][0, queries]
         boxes = (cxcywh_to_xyxy(boxes) * boxes.new_tensor([w, h, w, h])).cpu()

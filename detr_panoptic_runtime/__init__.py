@@ -10,7 +10,9 @@ Needs numpy and Pillow, plus torch or onnxruntime for the model file; imports ne
 from .deploy import FORMAT_VERSION, load_deploy, save_deploy, validate_deploy
 from .outputs import draw_overlay, id2rgb, rgb2id, write_json, write_png
 from .postprocess import (
+    mask_rows,
     maskformer_merge,
+    merge_kept_masks,
     panoptic_inference,
     panoptic_merge,
     select_queries,
@@ -25,7 +27,9 @@ __all__ = [
     "draw_overlay",
     "id2rgb",
     "load_deploy",
+    "mask_rows",
     "maskformer_merge",
+    "merge_kept_masks",
     "panoptic_inference",
     "panoptic_merge",
     "preprocess",

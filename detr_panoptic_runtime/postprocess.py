@@ -14,9 +14,11 @@ from .array_ops import ops_for
 
 __all__ = [
     "select_queries",
+    "mask_rows",
     "upsample_masks",
     "panoptic_merge",
     "maskformer_merge",
+    "merge_kept_masks",
     "panoptic_inference",
 ]
 
@@ -30,6 +32,22 @@ def select_queries(logits, threshold):
     scores, labels = xp.max_last(xp.softmax(logits))
     keep = (labels != logits.shape[-1] - 1) & (scores > threshold)
     return keep, scores, labels
+
+
+def mask_rows(mask_query_index, queries, num_queries, what="selected"):
+    """The rows of ``queries`` (K,) int64 among mask rows computed for the queries
+    ``mask_query_index`` (M,) (the query of each row), as (K,) int64. A query without a row is a
+    ``ValueError`` naming it (``what``: which selection asked), never a wrong row."""
+    xp = ops_for(mask_query_index)
+    row_of = xp.full((num_queries,), -1, "int64", like=mask_query_index)
+    row_of[xp.asarray(mask_query_index, "int64", like=mask_query_index)] = xp.arange(
+        mask_query_index.shape[0], like=mask_query_index
+    )
+    rows = row_of[queries]
+    if bool((rows < 0).any()):
+        missing = xp.tolist(queries[rows < 0])
+        raise ValueError(f"{what} queries {missing} have no mask row")
+    return rows
 
 
 def upsample_masks(mask_logits, padded_size, image_size):
@@ -233,6 +251,44 @@ def maskformer_merge(
     return _number_segments(ids, owners, classes, scores, is_thing)
 
 
+def merge_kept_masks(
+    mask_logits,
+    rows,
+    classes,
+    scores,
+    is_thing,
+    padded_size,
+    image_size,
+    output_size,
+    merge="detr",
+    min_area=4,
+    stuff_merge="first",
+    overlap_threshold=0.8,
+    upsampled=None,
+):
+    """The panoptic merge (``merge``: "detr", :func:`panoptic_merge`, or "maskformer",
+    :func:`maskformer_merge`) of the kept queries, whose masks are the rows ``rows`` (Q,) of
+    ``mask_logits`` (M, H_pad/4, W_pad/4); classes, scores: (Q,) theirs. ``upsampled``: all of
+    ``mask_logits`` already upsampled to the image (:func:`upsample_masks`), when the caller has
+    them, read instead of upsampling again. Returns (int32 (H_out, W_out), segments_info)."""
+    if merge not in ("detr", "maskformer"):
+        raise ValueError(
+            f"MODEL.DETR.TEST.PANOPTIC_MERGE must be 'detr' or 'maskformer', got {merge!r}"
+        )
+    args = (classes, scores, is_thing, output_size, min_area)
+    if merge == "maskformer":
+        masks = (
+            upsampled[rows]
+            if upsampled is not None
+            else upsample_masks(mask_logits[rows], padded_size, image_size)
+        )
+        return maskformer_merge(masks, *args, overlap_threshold)
+    if upsampled is not None:
+        return panoptic_merge(upsampled[rows], *args, stuff_merge)
+    # from the stride-4 logits: the argmax in row slabs, never (Q, H, W) at once
+    return panoptic_merge(mask_logits[rows], *args, stuff_merge, upsample=(padded_size, image_size))
+
+
 def panoptic_inference(
     logits,
     mask_logits,
@@ -247,36 +303,36 @@ def panoptic_inference(
     stuff_merge="first",
     overlap_threshold=0.8,
 ):
-    """One image's panoptic segmentation from DETR's outputs, as the eager model's post-processing
-    makes it.
+    """One image's panoptic segmentation from DETR's outputs, by the eager model's functions
+    (:func:`select_queries`, :func:`mask_rows`, :func:`merge_kept_masks`).
 
     logits: (N, K+1); mask_logits: (M, H_pad/4, W_pad/4) of the queries ``mask_query_index`` (M,)
-    (ascending; must include every query that passes ``threshold``); padded_size: the model input's
+    (must include every query that passes ``threshold``); padded_size: the model input's
     (H_pad, W_pad); image_size: the image's (H, W) in it; output_size: the size of the returned map.
-    merge: "detr" (:func:`panoptic_merge`) or "maskformer" (:func:`maskformer_merge`). Returns
-    (int32 (H_out, W_out) segment ids, 0 = void; segments_info).
+    merge: "detr" or "maskformer". Returns (int32 (H_out, W_out) segment ids, 0 = void;
+    segments_info).
     """
-    if merge not in ("detr", "maskformer"):
-        raise ValueError(f"merge must be 'detr' or 'maskformer', got {merge!r}")
     xp = ops_for(logits)
     keep, scores, labels = select_queries(logits, threshold)
     kept = xp.nonzero(keep)
-    # rows of the kept queries among the computed masks
-    row_of = xp.full((logits.shape[0],), -1, "int64", like=logits)
-    row_of[xp.asarray(mask_query_index, "int64", like=logits)] = xp.arange(
-        mask_query_index.shape[0], like=logits
-    )
-    rows = row_of[kept]
-    if bool((rows < 0).any()):
-        missing = xp.tolist(kept[rows < 0])
+    try:
+        rows = mask_rows(mask_query_index, kept, logits.shape[0], "kept")
+    except ValueError as e:
         raise ValueError(
-            f"queries {missing} pass the threshold {threshold} but have no mask: the model was "
-            "exported with a higher threshold; export again or raise the threshold"
-        )
-    classes, kept_scores = labels[kept], scores[kept]
-    if merge == "maskformer":
-        masks = upsample_masks(mask_logits[rows], padded_size, image_size)
-        args = (masks, classes, kept_scores, is_thing, output_size, min_area)
-        return maskformer_merge(*args, overlap_threshold)
-    args = (mask_logits[rows], classes, kept_scores, is_thing, output_size, min_area, stuff_merge)
-    return panoptic_merge(*args, upsample=(padded_size, image_size))
+            f"{e}: they pass the threshold {threshold}, but the model was exported with a higher "
+            "threshold; export again or raise the threshold"
+        ) from None
+    return merge_kept_masks(
+        mask_logits,
+        rows,
+        labels[kept],
+        scores[kept],
+        is_thing,
+        padded_size,
+        image_size,
+        output_size,
+        merge,
+        min_area,
+        stuff_merge,
+        overlap_threshold,
+    )

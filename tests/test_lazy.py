@@ -63,7 +63,7 @@ def _hyper_parameters(model):
         "is_thing": p.is_thing.tolist(),
         "detr": (d.num_queries, d.aux_loss, d.in_feature),
         "pixel": (model.pixel_mean.flatten().tolist(), model.pixel_std.flatten().tolist()),
-        "precision": model.inference_runner.precision,
+        "precision": model.test_precision,
         "frozen": model.frozen,
     }
 

@@ -52,11 +52,11 @@ class InferenceNetwork(nn.Module):
 
     def forward(self, images, padding_mask):
         m = self.model
-        outputs, features = m.inference_runner(m.detr, images, padding_mask, m.mask_head)
+        outputs, features = m.run_body(images, padding_mask)
         logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
         if m.mask_head is None:
             return logits, boxes
-        return logits, boxes, m.needed_masks(outputs, features)[1]
+        return logits, boxes, torch.cat([s.mask_logits for s in m.select(outputs, features)])
 
 
 def load_config(args):

@@ -43,6 +43,7 @@ import tqdm
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import DefaultPredictor
+from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode
@@ -244,6 +245,8 @@ def main():
 
     setup_logger(name="detr_panoptic_d2")
     cfg = setup_cfg(args)
+    if cfg.SEED >= 0:  # as Detectron2's default_setup: a model without weights is reproducible
+        seed_all_rng(cfg.SEED)
     register_datasets_from_cfg(cfg)
     if video:
         metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")

@@ -1,13 +1,18 @@
 """The exported graph: one uint8 RGB image (3, H, W) → DETR's per-query outputs.
 
-``PanopticExportWrapper`` calls the model's public parts (``model.detr(images, padding_mask)`` and
-``model.mask_head(features, batch_idx, query_idx)``), so whatever speeds those up speeds up the
-exported graph too. Everything data-dependent that follows (query selection for the outputs, mask
-upsampling, the panoptic merge) runs outside the graph, in :mod:`detr_panoptic_runtime`.
+``PanopticExportWrapper`` runs the eager model's inference functions: the body and mask head
+through an :class:`~detr_panoptic_d2.modeling.inference_plan.InferencePlan` (made inside the
+traced call, so the graph folds from its own parameters) and the runtime's ``select_queries`` for
+the kept queries. Everything data-dependent that follows (mask upsampling, the panoptic merge) runs
+outside the graph, in :mod:`detr_panoptic_runtime`, with the same functions as the eager model.
 """
 
 import torch
 from torch import nn
+
+from detr_panoptic_runtime.postprocess import select_queries
+
+from ..modeling.inference_plan import InferencePlan
 
 MASK_QUERY_MODES = ("kept", "all")
 OUTPUT_NAMES = ("pred_logits", "pred_boxes", "mask_logits", "mask_query_index")
@@ -68,20 +73,19 @@ class PanopticExportWrapper(nn.Module):
             x = x.flip(0)
         x = ((x - self.pixel_mean) / self.pixel_std)[None]
         padding_mask = torch.zeros_like(x[:, 0], dtype=torch.bool)
-        outputs, features = self.detr(x, padding_mask)
+        plan = InferencePlan(self.detr, torch.float32, mask_head=self.mask_head)
+        outputs, features = plan.run_body(self.detr, x, padding_mask)
         logits, boxes = outputs["pred_logits"][0], outputs["pred_boxes"][0]
         if self.mask_queries == "all":
             # a constant (N is fixed): the mask head's row grouping folds away at export
             queries = torch.arange(self.detr.num_queries, device=logits.device)
         else:
-            # select_queries of detr_panoptic_runtime, as graph ops
-            scores, labels = logits.softmax(-1).max(-1)
-            keep = (labels != logits.shape[-1] - 1) & (scores > self.threshold)
+            keep = select_queries(logits, self.threshold)[0]  # graph ops
             queries = (keep | self.keep_all).nonzero()[:, 0]
         rows = queries
         if self.pad_mask_rows:  # one more row (query 0), dropped below: never zero rows in the head
             rows = torch.cat([queries, queries.new_zeros(1)])
-        masks = self.mask_head(features, torch.zeros_like(rows), rows)
+        masks = self.mask_head(features, torch.zeros_like(rows), rows, **plan.mask_head_kwargs())
         if self.pad_mask_rows:
             masks = masks[: queries.shape[0]]
         return logits, boxes, masks, queries

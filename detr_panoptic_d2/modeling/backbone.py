@@ -1,12 +1,10 @@
-"""Detectron2 ResNet as DETR's backbone, with DETR's DC5 variant, and its folded inference path."""
+"""Detectron2 ResNet as DETR's backbone, with DETR's DC5 variant."""
 
 import torch
 import torch.nn.functional as F
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock, ResNet
-
-from .inference_opt import DerivedTensors, FoldedResNet, module_tensors
 
 _BLOCKS_PER_STAGE = {
     18: [2, 2, 2, 2],
@@ -81,47 +79,16 @@ def build_detr_resnet_backbone(cfg, input_shape: ShapeSpec):
     )
 
 
-# Training on the CPU: channels-last activations (oneDNN's native layout: no reorder around each
-# convolution, forward and backward; same values).
-TRAIN_CHANNELS_LAST = True
-
-
 class DetrResNet(ResNet):
-    """Detectron2's ``ResNet`` (same modules, parameters, checkpoints) with a fast inference path.
-
-    In eval mode without autograd (inference, or the frozen body of stage-2 training) it runs a
-    :class:`~detr_panoptic_d2.modeling.inference_opt.FoldedResNet`: each BatchNorm folded into the
-    convolution before it, channels-last, in the dtype of the input (under autocast: autocast's
-    dtype), folded in float64 from the float32 weights. The copy is derived once and rebuilt when a
-    weight or statistic changes (training, loading, ``.to()``); it is never part of the
-    ``state_dict``. Otherwise (training, or gradients needed) the modules run as in Detectron2 (on
-    the CPU channels-last, ``TRAIN_CHANNELS_LAST``). Features come back channels-last (the same
-    values up to float rounding).
-    """
-
-    # runs in its input's dtype from its float32 weights: InferenceRunner leaves it out of the
-    # reduced-precision copy of the body
-    follows_input_dtype = True
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._folded = DerivedTensors()
+    """Detectron2's ``ResNet`` (same modules, parameters, checkpoints), run channels-last on the CPU
+    (oneDNN's native layout: no reorder around each convolution, forward and backward; the same
+    values). Features come back channels-last there. Its folded inference copy is
+    :class:`~detr_panoptic_d2.modeling.inference_opt.FoldedResNet`, made by the inference plan."""
 
     def forward(self, x):
-        if self.training or torch.is_grad_enabled() or not FoldedResNet.supports(self):
-            if TRAIN_CHANNELS_LAST and x.device.type == "cpu":
-                x = x.contiguous(memory_format=torch.channels_last)
-            return super().forward(x)
-        dtype = x.dtype  # under autocast (a frozen body in mixed-precision training): its dtype
-        if torch.is_autocast_enabled(x.device.type):
-            dtype = torch.get_autocast_dtype(x.device.type)
-        return self.folded(dtype, x.device)(x)
-
-    def folded(self, dtype=torch.float32, device=None):
-        """The folded inference copy for ``dtype`` (rebuilt when the weights changed since)."""
-        return self._folded.get(
-            module_tensors(self), (dtype, device), lambda: FoldedResNet(self, dtype)
-        )
+        if x.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return super().forward(x)
 
 
 def downsample_padding_mask(mask, size):

@@ -8,6 +8,7 @@ from detectron2.modeling import build_backbone
 from torch import nn
 
 from .backbone import downsample_padding_mask
+from .checks import check_int
 from .inference_opt import autocast_off
 from .position_encoding import PositionEmbeddingSine
 from .training_queries import TrainingQueries, split_training_outputs
@@ -59,6 +60,8 @@ class DETR(nn.Module):
         training_queries=None,
     ):
         super().__init__()
+        check_int("DETR", "num_classes", "MODEL.DETR.NUM_CLASSES", num_classes, 1)
+        check_int("DETR", "num_queries", "MODEL.DETR.NUM_OBJECT_QUERIES", num_queries, 1)
         self.backbone = backbone
         self.in_feature = in_feature
         hidden_dim = transformer.d_model
@@ -107,10 +110,12 @@ class DETR(nn.Module):
             "training_queries": training_queries,
         }
 
-    def forward(self, images, padding_mask, targets=None):
+    def forward(self, images, padding_mask, targets=None, backbone=None):
         """images: (B, 3, H, W) normalized and padded; padding_mask: (B, H, W) bool, True on
-        padding; targets: per image "labels" and normalized cxcywh "boxes" (denoising queries)."""
-        features = self.backbone(images)
+        padding; targets: per image "labels" and normalized cxcywh "boxes" (denoising queries);
+        backbone: what computes the backbone features instead of ``self.backbone`` (the inference
+        plan's folded copy)."""
+        features = (self.backbone if backbone is None else backbone)(images)
         src = features[self.in_feature]
         mask = downsample_padding_mask(padding_mask, src.shape[-2:])
         pos = self.position_embedding(mask).to(src.dtype)

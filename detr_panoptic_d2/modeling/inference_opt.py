@@ -1,20 +1,14 @@
-"""Inference fast paths: BatchNorm folded into the convolutions, channels-last, reduced precision.
-
-Everything here derives *inference copies* of weights and never touches a module's parameters,
-buffers or ``state_dict``. A copy is rebuilt when one of the tensors it was derived from changes: in
-place (an optimizer step, ``load_state_dict``, BatchNorm statistics updated by a training forward)
-or replaced (``.to()``, ``param.data = ...``), so a model that trains again and is evaluated again
-(periodic evaluation) is evaluated with its current weights.
+"""The pieces of the inference fast paths: BatchNorm folded into the convolutions (channels-last,
+in the compute dtype), the precisions of ``MODEL.DETR.TEST.PRECISION``, and the contexts that
+keep parts of the model in float32.
 
 * :class:`FoldedResNet`: a Detectron2 ResNet with each (Frozen)BatchNorm folded into the weights and
   bias of the convolution before it (``w' = w * s``, ``b' = beta + (b - mean) * s``, ``s = gamma /
-  sqrt(var + eps)``, computed in float64), channels-last, in the compute dtype. Used by
-  :class:`~detr_panoptic_d2.modeling.backbone.DetrResNet` at inference.
-* :class:`InferenceRunner`: the DETR body at ``MODEL.DETR.TEST.PRECISION``. "bf16" and "fp16" (on
-  any device; fp16 on the CPU with a warning: it may be slower than fp32 there) run the backbone,
-  input projection and transformer with a reduced-precision copy of their weights, cast once; the
-  class and box heads, the mask head's attention maps and its final mask logits stay in float32
-  (the mask head itself follows the dtype of the features it reads).
+  sqrt(var + eps)``, computed in float64), channels-last, in the compute dtype. Built from the
+  module's weights when it is made and never updated: :class:`.inference_plan.InferencePlan` makes
+  one, and the model drops the plan when its weights may change.
+
+Nothing here touches a module's parameters, buffers or ``state_dict``.
 """
 
 import contextlib
@@ -44,41 +38,6 @@ def autocast_off(device_type):
     if torch.is_autocast_enabled(device_type):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
-
-
-def _tensor_key(t):
-    # inference tensors have no version counter; parameters and buffers normally are not ones
-    return (id(t), t.data_ptr(), 0 if t.is_inference() else t._version)
-
-
-class DerivedTensors:
-    """A value derived from some tensors (folded or cast weights), rebuilt when any of them changes
-    or when another variant (dtype, device) is asked for. Holds one value at a time.
-
-    Not a module and not registered anywhere: it is invisible to ``state_dict``, ``parameters()``
-    and ``.to()``; a deep copy or pickle of its owner starts empty (the copy derives its own)."""
-
-    def __init__(self):
-        self._key = None
-        self._value = None
-
-    def get(self, tensors, variant, build):
-        key = (variant, tuple(_tensor_key(t) for t in tensors))
-        if key != self._key:
-            self._key, self._value = None, None  # free the stale copy before building the new one
-            with torch.inference_mode(False), torch.no_grad():
-                self._value = build()
-            self._key = key
-        return self._value
-
-    def clear(self):
-        self._key, self._value = None, None
-
-    def __deepcopy__(self, memo):
-        return DerivedTensors()
-
-    def __reduce__(self):
-        return (DerivedTensors, ())
 
 
 # ---- BatchNorm folding ---------------------------------------------------------------------------
@@ -215,11 +174,6 @@ class FoldedResNet:
         return outputs
 
 
-def module_tensors(module):
-    """Every parameter and buffer of ``module`` (what a derived copy depends on)."""
-    return [*module.parameters(), *module.buffers()]
-
-
 # ---- precision -----------------------------------------------------------------------------------
 def precision_dtype(precision):
     """``MODEL.DETR.TEST.PRECISION`` ("fp32", "bf16", "fp16") → torch dtype (any device)."""
@@ -236,84 +190,3 @@ def bf16_is_fast():
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
-
-
-# Parts of the DETR body that run in float32 whatever the precision: the class and box heads (scores
-# are thresholded, boxes are outputs), the positional encoding's frequencies and the training-only
-# queries.
-FP32_BODY_PREFIXES = ("class_embed.", "bbox_embed.", "position_embedding.", "training_queries.")
-
-
-class InferenceRunner:
-    """Runs a ``DETR`` body at inference in a given precision. float32: the body as it is (its
-    backbone folds BatchNorm by itself). bf16 / fp16: the image in that dtype and channels-last, and
-    the body through ``torch.func.functional_call`` with a reduced-precision copy of its weights
-    (cast once, rebuilt when the weights change); the backbone, when it follows its input's dtype
-    (``DetrResNet``), is left out of that copy and folds from its float32 weights. The heads stay
-    float32 (``FP32_BODY_PREFIXES``).
-
-    Returns ``DETR.forward``'s ``(outputs, features)``; with a mask head that does not follow its
-    features' dtype (``supports_low_precision``), the features are returned in float32."""
-
-    def __init__(self, precision="fp32"):
-        self.precision = precision
-        self.dtype = precision_dtype(precision)
-        self._cast = DerivedTensors()
-        self._warned = False
-
-    def _check_device(self, device):
-        if self._warned or self.dtype == torch.float32:
-            return
-        self._warned = True
-        if self.dtype == torch.bfloat16 and device.type == "cpu" and not bf16_is_fast():
-            logger.warning(
-                "MODEL.DETR.TEST.PRECISION bf16: this CPU has no native bf16 (AVX512-BF16 / AMX); "
-                "inference may be slower than fp32"
-            )
-        if self.dtype == torch.float16 and device.type == "cpu":
-            logger.warning(
-                "MODEL.DETR.TEST.PRECISION fp16 on the CPU: supported, but it may be slower than "
-                'fp32 (use "bf16" on a CPU with AVX512-BF16 / AMX)'
-            )
-
-    def _low_precision_params(self, detr):
-        skip = FP32_BODY_PREFIXES
-        if getattr(detr.backbone, "follows_input_dtype", False):  # DetrResNet: folds by itself
-            skip = skip + ("backbone.",)
-        named = [
-            (n, t)
-            for n, t in [*detr.named_parameters(), *detr.named_buffers()]
-            if not n.startswith(skip)
-        ]
-
-        def build():
-            return {n: t.detach().to(self.dtype) if t.is_floating_point() else t for n, t in named}
-
-        return self._cast.get([t for _, t in named], self.dtype, build)
-
-    def __deepcopy__(self, memo):
-        return InferenceRunner(self.precision)
-
-    def __reduce__(self):
-        return (InferenceRunner, (self.precision,))
-
-    def __call__(self, detr, images, padding_mask, mask_head=None):
-        if self.dtype == torch.float32:
-            return detr(images, padding_mask)
-        self._check_device(images.device)
-        params = self._low_precision_params(detr)
-        images = images.to(dtype=self.dtype, memory_format=torch.channels_last)
-        outputs, features = torch.func.functional_call(
-            detr, params, (images, padding_mask), strict=False
-        )
-        if mask_head is not None and not getattr(mask_head, "supports_low_precision", False):
-            features = _to_float(features)
-        return outputs, features
-
-
-def _to_float(x):
-    if isinstance(x, dict):
-        return {k: _to_float(v) for k, v in x.items()}
-    if isinstance(x, torch.Tensor) and x.is_floating_point():
-        return x.float()
-    return x

@@ -2,25 +2,10 @@
 
 DETR's head = multi-head attention maps between each query's box embedding and the encoded image
 (``MHAttentionMap``), then an FPN-style upsampler (``MaskHeadSmallConv``) over res4, res3, res2 that
-gives one mask logit map per query at stride 4.
-
-The upsampler computes DETR's function with less work (equal up to float rounding, tested against
-DETR's formulation):
-
-* its first convolution reads [projected image features (the same for every query of an image) | the
-  query's attention maps]; by linearity it is one convolution over the image features, once per
-  image, plus one over each query's M maps: the image features are never copied per query;
-* each FPN step is ``conv3x3(adapter(fpn) + nearest_2x(x))``; by linearity ``conv3x3(adapter(fpn))``
-  is computed once per image, and ``conv3x3(nearest_2x(x))`` is one 4x4 transposed convolution with
-  stride 2 over the coarse ``x`` (:func:`up2_conv_weight`): 16 multiply-adds per coarse pixel and
-  channel pair instead of 36, and no upsampled copy of ``x``. A fine size of 2s - 1 (odd input
-  sizes) is the 2s result cropped, with its last row / column recomputed exactly; other size ratios,
-  and traced / exported graphs (dynamic sizes), take DETR's formulation;
-* on the CPU, rows run in chunks whose fine activations stay in cache, channels-last.
-
-At inference (no autograd) the weights it reads (split, transposed, cast to the features' dtype) are
-derived once and rebuilt when the parameters change; bf16 / fp16 features run the convolutions in
-that dtype, while the attention maps (softmax) and the final mask logits stay float32.
+gives one mask logit map per query at stride 4. ``MaskHeadSmallConv.forward`` is DETR's
+formulation; ``DetrMaskHead`` runs the upsampler's fast kernel beside it
+(:mod:`.mask_upsampler`: the same function with less work), from the parameters in training and
+from weights prepared once (:meth:`DetrMaskHead.inference_weights`) at inference.
 """
 
 import torch
@@ -29,7 +14,9 @@ from detectron2.config import configurable
 from detectron2.utils.registry import Registry
 from torch import nn
 
-from .inference_opt import DerivedTensors, autocast_off, is_tracing
+from .checks import check_arg
+from .inference_opt import autocast_off, is_tracing
+from .mask_upsampler import UpsamplerWeights, split_upsample
 
 MASK_HEAD_REGISTRY = Registry("DETR_MASK_HEAD")
 MASK_HEAD_REGISTRY.__doc__ = """
@@ -39,12 +26,10 @@ backbone feature names to ShapeSpec, and is called as ``head(features, batch_idx
 H/4, W/4) mask logits of the K given queries, where ``features`` is the dict returned by
 ``DETR.forward`` (box_embed, memory, memory_mask, src_proj, backbone). A head whose
 ``supports_low_precision`` is True accepts bf16 / fp16 features (MODEL.DETR.TEST.PRECISION) and
-returns float32 logits; others are given float32 features.
+returns float32 logits; others are given float32 features. A head with an
+``inference_weights(dtype)`` method gets what it returns back at inference, as
+``head(features, batch_idx, query_idx, weights=...)`` (made once per inference plan).
 """
-
-# Rows of the upsampler per chunk on the CPU: about this many stride-4 pixels per chunk (3 rows at
-# 800x1088), so that a chunk's finest activations stay in the cache.
-CHUNK_PIXELS = 3 * 200 * 272
 
 
 def build_mask_head(cfg, input_shape):
@@ -102,107 +87,9 @@ class MHAttentionMap(nn.Module):
         return self.dropout(weights)
 
 
-# Nearest 2x upsampling then a 3x3 convolution (padding 1) is a 4x4 transposed convolution with
-# stride 2 and padding 1: per axis, output 2i takes rows i-1, i with taps (w0, w1 + w2) and output
-# 2i + 1 takes rows i, i+1 with taps (w0 + w1, w2); as transposed-convolution kernel rows:
-# (w2, w1 + w2, w0 + w1, w0).
-_UP2_TAPS = ((0.0, 0.0, 1.0), (0.0, 1.0, 1.0), (1.0, 1.0, 0.0), (1.0, 0.0, 0.0))
-
-
-def up2_conv_weight(weight):
-    """(Cout, Cin, 3, 3) → (Cin, Cout, 4, 4) with ``conv_transpose2d(x, ., stride=2, padding=1) ==
-    conv2d(interpolate(x, scale_factor=2, mode="nearest"), weight, padding=1)``."""
-    taps = torch.tensor(_UP2_TAPS, dtype=weight.dtype, device=weight.device)
-    return torch.einsum("ky,lx,oiyx->iokl", taps, taps, weight)
-
-
-def _up_mode(coarse, fine):
-    """How an FPN step maps a coarse (h, w) onto a fine (H, W): "up2" (each H in 2h, 2h - 1 and each
-    W likewise: the transposed convolution), "same" (no upsampling) or "interpolate" (DETR's
-    formulation)."""
-    if tuple(coarse) == tuple(fine):
-        return "same"
-    if all(f == 2 * c or (f == 2 * c - 1 and c >= 2) for c, f in zip(coarse, fine)):
-        return "up2"
-    return "interpolate"
-
-
-def _up2_conv(x, weight, weight_t, size):
-    """``conv2d(interpolate(x, size, mode="nearest"), weight, padding=1)`` (no bias) for a size of
-    2h or 2h - 1 per axis: the transposed convolution, cropped; an odd size's last row / column
-    (which reads the zero padding past the crop) recomputed on a two-row strip."""
-    h, w = x.shape[-2:]
-    out = F.conv_transpose2d(x, weight_t, stride=2, padding=1)
-    if tuple(size) == (2 * h, 2 * w):
-        return out
-    out = out[..., : size[0], : size[1]].contiguous(memory_format=_memory_format(x))
-    if size[0] == 2 * h - 1:  # the last two upsampled rows come from x's last two rows
-        strip = F.interpolate(x[..., h - 2 :, :], size=(2, size[1]), mode="nearest")
-        out[..., -1:, :] = F.conv2d(F.pad(strip, (0, 0, 0, 1)), weight, padding=(0, 1))
-    if size[1] == 2 * w - 1:
-        strip = F.interpolate(x[..., :, w - 2 :], size=(size[0], 2), mode="nearest")
-        out[..., :, -1:] = F.conv2d(F.pad(strip, (0, 1, 0, 0)), weight, padding=(1, 0))
-    return out
-
-
-def _memory_format(x):
-    return (
-        torch.channels_last
-        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-        else torch.contiguous_format
-    )
-
-
-class _UpsamplerWeights:
-    """The tensors the upsampler reads, in its compute dtype: lay1 split into its image-feature and
-    attention-map input channels, the FPN convolutions also as 2x-upsampling transposed
-    convolutions, out_lay in float32. From the parameters themselves when autograd records."""
-
-    def __init__(self, head, dtype, split_at, cast_norms):
-        def cast(t):
-            if t is None or dtype is None:
-                return t
-            t = t.to(dtype)
-            if t.dim() == 4 and t.device.type == "cpu":
-                t = t.contiguous(memory_format=torch.channels_last)
-            return t
-
-        def norm(gn):
-            return (
-                gn.num_groups,
-                cast(gn.weight) if cast_norms else gn.weight,
-                cast(gn.bias) if cast_norms else gn.bias,
-                gn.eps,
-            )
-
-        w1 = head.lay1.weight
-        self.lay1 = cast(w1) if split_at is None else None
-        self.lay1_src = None if split_at is None else cast(w1[:, :split_at])
-        self.lay1_maps = None if split_at is None else cast(w1[:, split_at:])
-        self.lay1_bias = cast(head.lay1.bias)
-        self.gn1, self.gn2 = norm(head.gn1), norm(head.gn2)
-        self.lay2 = (cast(head.lay2.weight), cast(head.lay2.bias))
-        self.blocks = []
-        for adapter, lay, gn in (
-            (head.adapter1, head.lay3, head.gn3),
-            (head.adapter2, head.lay4, head.gn4),
-            (head.adapter3, head.lay5, head.gn5),
-        ):
-            self.blocks.append(
-                {
-                    "adapter": (cast(adapter.weight), cast(adapter.bias)),
-                    "weight": cast(lay.weight),
-                    "weight_t": cast(up2_conv_weight(lay.weight)),
-                    "bias": cast(lay.bias),
-                    "norm": norm(gn),
-                }
-            )
-        self.out = (head.out_lay.weight.float(), head.out_lay.bias.float())
-
-
 class MaskHeadSmallConv(nn.Module):
     """FPN-style upsampler: conv-GroupNorm-ReLU blocks, with 1×1 adapters on finer backbone features
-    added after nearest upsampling; one output channel (the mask logit) per input row, float32."""
+    added after nearest upsampling; one output channel (the mask logit) per input row."""
 
     def __init__(self, dim, fpn_dims, context_dim):
         super().__init__()
@@ -225,104 +112,36 @@ class MaskHeadSmallConv(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_uniform_(m.weight, a=1)
                 nn.init.constant_(m.bias, 0)
-        self._derived = DerivedTensors()
 
-    def forward(self, x, fpns, batch_idx):
-        """x: (K, dim, h, w), one row per query; fpns: coarse-to-fine (B, C_i, H_i, W_i) backbone
-        features; batch_idx: (K,) image of each row. Returns (K, 1, H_3, W_3) float32."""
-        return self._run(None, x, fpns, batch_idx)
-
-    def forward_split(self, src, maps, fpns, batch_idx, image_runs=None):
-        """``forward(cat([src[batch_idx], maps], 1), fpns, batch_idx)`` without that concatenation:
-        src: (B, C, h, w) the image features, the first C input channels of every row of image b;
-        maps: (K, M, h, w) each row's own channels. The convolutions run in src's dtype.
-        image_runs: the (start, end, image) runs of batch_idx when the caller knows them on the
-        host (else the CPU path reads batch_idx)."""
-        return self._run(src, maps, fpns, batch_idx, image_runs)
-
-    def _weights(self, dtype, split_at, device):
-        if torch.is_grad_enabled():
-            # training: differentiable, from the parameters themselves (autocast casts them)
-            return _UpsamplerWeights(self, None, split_at, False)
-        # inference: derived once; the CPU GroupNorm takes bf16 input with float32 weights
-        cast_norms = device.type != "cpu"
-        return self._derived.get(
-            [*self.parameters()],
-            (dtype, split_at, device),
-            lambda: _UpsamplerWeights(self, dtype, split_at, cast_norms),
+    def fpn_steps(self):
+        """(adapter, conv, norm) of each FPN step, coarse to fine."""
+        return (
+            (self.adapter1, self.lay3, self.gn3),
+            (self.adapter2, self.lay4, self.gn4),
+            (self.adapter3, self.lay5, self.gn5),
         )
 
-    def _run(self, src, maps, fpns, batch_idx, image_runs=None):
-        """src None: maps holds each row's whole input (``forward``); else ``forward_split``'s."""
-        ref = maps if src is None else src
-        grad = torch.is_grad_enabled()
-        dtype = ref.dtype
-        split_at = None if src is None else src.shape[1]
-        w = self._weights(dtype, split_at, ref.device)
-        tracing = is_tracing()
-        cpu = ref.device.type == "cpu" and not tracing
-        fmt = torch.channels_last if cpu else torch.contiguous_format
+    def forward(self, x, fpns, batch_idx):
+        """DETR's formulation. x: (K, dim, h, w), one row per query; fpns: coarse-to-fine
+        (B, C_i, H_i, W_i) backbone features; batch_idx: (K,) image of each row. Returns
+        (K, 1, H_3, W_3)."""
+        x = F.relu(self.gn1(self.lay1(x)))
+        x = F.relu(self.gn2(self.lay2(x)))
+        for fpn, (adapter, lay, gn) in zip(fpns, self.fpn_steps()):
+            cur = adapter(fpn)[batch_idx]
+            x = cur + F.interpolate(x, size=cur.shape[-2:], mode="nearest")
+            x = F.relu(gn(lay(x)))
+        return self.out_lay(x)
 
-        def prep(t):  # inputs in the compute dtype (inference; autocast casts in training)
-            return t if grad else t.to(dtype=dtype, memory_format=fmt)
-
-        # per image: lay1 over the image features, the adapters, and the FPN convolutions over them
-        shared = None
-        if src is not None:
-            shared = F.conv2d(prep(src), w.lay1_src, w.lay1_bias, padding=1)
-        coarse = tuple(ref.shape[-2:])
-        steps = []
-        for fpn, block in zip(fpns, w.blocks):
-            cur = F.conv2d(prep(fpn), *block["adapter"])
-            fine = tuple(cur.shape[-2:])
-            mode = "interpolate" if tracing else _up_mode(coarse, fine)
-            if mode == "up2":
-                # conv(adapter + up(x)) = conv(adapter) + conv(up(x)): the first part once per image
-                cur = F.conv2d(cur, block["weight"], block["bias"], padding=1)
-            steps.append((mode, cur, block))
-            coarse = fine
-
-        def rows(lo, hi, image):
-            """Mask logits of rows lo:hi; image: their one image, or None (batch_idx tells)."""
-
-            def per_row(t):  # a per-image tensor for these rows: broadcast, or gathered
-                if t.shape[0] == 1:
-                    return t
-                if image is not None:
-                    return t[image : image + 1]
-                return t[batch_idx[lo:hi]]
-
-            if src is None:
-                x = F.conv2d(prep(maps[lo:hi]), w.lay1, w.lay1_bias, padding=1)
-            else:
-                x = F.conv2d(prep(maps[lo:hi]), w.lay1_maps, None, padding=1)
-                x = x + per_row(shared) if grad else x.add_(per_row(shared))
-            x = F.relu_(F.group_norm(x, *w.gn1))
-            x = F.relu_(F.group_norm(F.conv2d(x, *w.lay2, padding=1), *w.gn2))
-            for mode, cur, block in steps:
-                if mode == "up2":
-                    x = _up2_conv(x, block["weight"], block["weight_t"], cur.shape[-2:])
-                    x = x + per_row(cur) if grad else x.add_(per_row(cur))
-                else:
-                    if mode == "interpolate":
-                        x = F.interpolate(x, size=cur.shape[-2:], mode="nearest")
-                    x = F.conv2d(per_row(cur) + x, block["weight"], block["bias"], padding=1)
-                x = F.relu_(F.group_norm(x, *block["norm"]))
-            with autocast_off(x.device.type):  # float32 mask logits under autocast too
-                return F.conv2d(x.float(), *w.out, padding=1)
-
-        n = maps.shape[0]
-        if not cpu or n == 0:
-            return rows(0, n, None)
-        # CPU: the rows of one image at a time, in chunks whose finest activations stay in cache
-        finest = steps[-1][1].shape[-2] * steps[-1][1].shape[-1]
-        chunk = max(1, CHUNK_PIXELS // max(1, finest))
-        out = []
-        runs = _image_runs(batch_idx) if image_runs is None else image_runs
-        for start, end, image in runs:
-            for lo in range(start, end, chunk):
-                out.append(rows(lo, min(lo + chunk, end), image))
-        return out[0] if len(out) == 1 else torch.cat(out)
+    def forward_split(self, src, maps, fpns, batch_idx, image_runs=None, weights=None):
+        """``forward(cat([src[batch_idx], maps], 1), fpns, batch_idx)`` by the fast kernel
+        (:func:`.mask_upsampler.split_upsample`), float32: src (B, C, h, w) the image features,
+        the first C input channels of every row of image b; maps (K, M, h, w) each row's own.
+        ``weights``: prepared :class:`.mask_upsampler.UpsamplerWeights` (inference); None: the
+        parameters themselves (differentiable)."""
+        if weights is None:
+            weights = UpsamplerWeights(self, src.shape[1])
+        return split_upsample(weights, src, maps, fpns, batch_idx, image_runs)
 
 
 def _rows_by_image(batch_idx, num_images):
@@ -339,17 +158,6 @@ def _rows_by_image(batch_idx, num_images):
     order = torch.argsort(batch_idx, stable=True)  # image by image, rows ascending in each
     counts = torch.bincount(batch_idx, minlength=num_images).tolist()
     return [(b, sel) for b, sel in enumerate(order.split(counts)) if counts[b]]
-
-
-def _image_runs(batch_idx):
-    """(start, end, image) of each run of equal consecutive values of batch_idx (a host sync)."""
-    values = batch_idx.tolist()
-    runs, start = [], 0
-    for i in range(1, len(values) + 1):
-        if i == len(values) or values[i] != values[start]:
-            runs.append((start, i, values[start]))
-            start = i
-    return runs
 
 
 @MASK_HEAD_REGISTRY.register()
@@ -385,6 +193,23 @@ class DetrMaskHead(nn.Module):
                 (``MODEL.MASK_HEAD.SCALE_ATTENTION_MAPS``).
         """
         super().__init__()
+        # GroupNorm(8) down to hidden_dim / 16 channels, and over hidden_dim + nheads channels
+        check_arg(
+            hidden_dim % 128 == 0 and (hidden_dim + nheads) % 8 == 0,
+            "DetrMaskHead",
+            "hidden_dim",
+            "MODEL.DETR.HIDDEN_DIM",
+            (hidden_dim, nheads),
+            "a multiple of 128, with HIDDEN_DIM + NHEADS a multiple of 8 (GroupNorm)",
+        )
+        check_arg(
+            len(in_features) == 3,
+            "DetrMaskHead",
+            "in_features",
+            "MODEL.MASK_HEAD.IN_FEATURES",
+            list(in_features),
+            "3 backbone features, coarse to fine (DetrMaskHead's upsampler)",
+        )
         self.in_features = list(in_features)
         if len(fpn_dims) != len(self.in_features):
             raise ValueError(
@@ -414,9 +239,17 @@ class DetrMaskHead(nn.Module):
             "scale_attention_maps": cfg.MODEL.MASK_HEAD.SCALE_ATTENTION_MAPS,
         }
 
-    def forward(self, features, batch_idx, query_idx):
+    def inference_weights(self, dtype=torch.float32):
+        """The upsampler's weights prepared for inference in ``dtype`` (the features' dtype):
+        made now, never updated (:class:`.inference_plan.InferencePlan` holds them)."""
+        split_at = self.mask_head.lay1.in_channels - self.bbox_attention.num_heads
+        with torch.inference_mode(False), torch.no_grad():
+            return UpsamplerWeights(self.mask_head, split_at, dtype)
+
+    def forward(self, features, batch_idx, query_idx, weights=None):
         """features: ``DETR.forward``'s feature dict; batch_idx, query_idx: (K,) image and query of
-        each row. Returns (K, H/4, W/4) float32 mask logits, in the order of the rows."""
+        each row; weights: :meth:`inference_weights` (None: the parameters). Returns (K, H/4, W/4)
+        float32 mask logits, in the order of the rows."""
         box_embed, memory, memory_mask = (
             features["box_embed"],
             features["memory"],
@@ -433,7 +266,9 @@ class DetrMaskHead(nn.Module):
             # no rows (e.g. no matched query in a training batch): the head's own computation on
             # zero rows, (0, H/4, W/4), so that autograd (and DDP) reach each of its parameters
             attn = self.bbox_attention(box_embed[0, :0], memory[0], memory_mask[0])
-            empty = self.mask_head.forward_split(features["src_proj"], attn, fpns, batch_idx[:0])
+            empty = self.mask_head.forward_split(
+                features["src_proj"], attn, fpns, batch_idx[:0], weights=weights
+            )
             return empty[:, 0]
         order = torch.cat([sel for sel, _, _ in rows])
         attn = torch.cat([a for _, a, _ in rows])  # (K, M, h, w), grouped by image
@@ -443,7 +278,7 @@ class DetrMaskHead(nn.Module):
             runs.append((start, start + len(sel), b))
             start += len(sel)
         masks = self.mask_head.forward_split(
-            features["src_proj"], attn, fpns, b_sorted, image_runs=runs
+            features["src_proj"], attn, fpns, b_sorted, image_runs=runs, weights=weights
         )[:, 0]
         out = torch.empty_like(masks)
         out[order] = masks

@@ -17,6 +17,7 @@ from ..checkpoint.loading import (
     uninitialized_message,
 )
 from ..config import validate_config
+from .checks import check_arg
 from .criterion import (
     SetCriterion,
     loss_weights,
@@ -25,7 +26,8 @@ from .criterion import (
     trains_denoising,
 )
 from .detr import DETR
-from .inference_opt import InferenceRunner
+from .inference_opt import PRECISIONS
+from .inference_plan import InferencePlan, drop_plans, plans_of, to_float, warn_slow_precision
 from .mask_head import build_mask_head
 from .matcher import HungarianMatcher
 from .postprocess import PanopticPostProcessor, thing_classes_from_metadata
@@ -41,7 +43,10 @@ class DetrPanoptic(nn.Module):
     scores, classes; masks for thing classes with a mask head), "panoptic_seg" and, with
     ``semantic_on``, "sem_seg" (both with a mask head). Stage 2 (``frozen_weights``): the DETR body
     is loaded from a stage-1 checkpoint, frozen and kept in eval mode; only the mask head trains.
-    Inference runs at ``test_precision`` (:class:`.inference_opt.InferenceRunner`).
+    Inference runs through an :class:`.inference_plan.InferencePlan` at ``test_precision``
+    (:meth:`prepare_inference`), made at the first inference forward and dropped whenever the
+    weights may change; then one straight path (:meth:`inference`): the body, one selection per
+    image, one mask-head call for the batch, the post-processor.
 
     Partial loads (``load_state_dict(strict=False)``, as Detectron2's checkpointers do, and the
     stage-2 loads above) are recorded: what no load gave a value stays "uninitialized" until the
@@ -73,8 +78,17 @@ class DetrPanoptic(nn.Module):
         self._uninitialized = None
         self._weights_name = weights_name
         self.register_load_state_dict_post_hook(_record_load_hook)
-        # inference at MODEL.DETR.TEST.PRECISION (a reduced-precision weight copy, not a module)
-        self.inference_runner = InferenceRunner(test_precision)
+        check_arg(
+            test_precision in PRECISIONS,
+            "DetrPanoptic",
+            "test_precision",
+            "MODEL.DETR.TEST.PRECISION",
+            test_precision,
+            "'fp32', 'bf16' or 'fp16'",
+        )
+        self.test_precision = test_precision
+        self.test_dtype = PRECISIONS[test_precision]
+        self._warned_precision = False
         self.detr = detr
         self.mask_head = mask_head
         self.criterion = criterion
@@ -82,6 +96,9 @@ class DetrPanoptic(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         self.train_matched_only = train_matched_only
+        for module in (self.detr, self.mask_head):  # a load into a part drops the plans too
+            if module is not None:
+                module.register_load_state_dict_post_hook(self._drop_plans_hook)
         self.frozen = bool(frozen_weights)
         if self.frozen:
             load_detr_body(self.detr, frozen_weights, "MODEL.DETR.FROZEN_WEIGHTS")
@@ -133,10 +150,50 @@ class DetrPanoptic(nn.Module):
         return self.pixel_mean.device
 
     def train(self, mode=True):
+        drop_plans(self)  # training (or code between modes) may change the weights
         super().train(mode)
         if self.frozen:  # BatchNorm and dropout of the frozen body stay as in eval
             self.detr.train(False)
         return self
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(), .float(), ...
+        drop_plans(self)
+        return super()._apply(fn, *args, **kwargs)
+
+    def _drop_plans_hook(self, module, incompatible_keys):
+        drop_plans(self)
+
+    # ---- inference plans -----------------------------------------------------------------------
+    def prepare_inference(self):
+        """The :class:`.inference_plan.InferencePlan` inference runs (made now from the current
+        weights if there is none): the folded backbone, the body at ``MODEL.DETR.TEST.PRECISION``,
+        the mask head's prepared weights."""
+        plans = plans_of(self)
+        plan = plans.get("inference")
+        if plan is None or plan.device != self.device:
+            if not self._warned_precision:
+                warn_slow_precision(self.test_dtype, self.device)
+                self._warned_precision = True
+            plan = plans["inference"] = InferencePlan(
+                self.detr, self.test_dtype, mask_head=self.mask_head
+            )
+        return plan
+
+    def drop_inference_plans(self):
+        """Forget the inference plans (for code that changes weights in place by other means than
+        an optimizer step, ``load_state_dict``, ``.to()`` or ``train()``, which drop them)."""
+        drop_plans(self)
+
+    def _frozen_body_plan(self):
+        """Stage 2: the frozen body's plan (its folded backbone, in autocast's dtype when on)."""
+        device = self.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        dtype = dtype or torch.float32
+        plans = plans_of(self)
+        plan = plans.get("frozen body")
+        if plan is None or plan.dtype != dtype or plan.device != self.device:
+            plan = plans["frozen body"] = InferencePlan(self.detr, dtype, cast_body=False)
+        return plan
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # any loader reads official DETR checkpoints, the earlier layout, another class count
@@ -198,15 +255,17 @@ class DetrPanoptic(nn.Module):
             self.check_initialized()
             with torch.inference_mode():
                 images, mask = self.preprocess_image(batched_inputs)
-                outputs, features = self.inference_runner(
-                    self.detr, images.tensor, mask, self.mask_head
-                )
+                outputs, features = self.run_body(images.tensor, mask)
                 return self.inference(batched_inputs, images, outputs, features)
         if self._uninitialized:  # training gives them values: inference may follow
             self._uninitialized = {}
         images, mask = self.preprocess_image(batched_inputs)
         targets = self.prepare_targets(batched_inputs, images)  # denoising queries read them
-        with torch.set_grad_enabled(not self.frozen):
+        if self.frozen:  # stage 2: the frozen body by its plan, without autograd
+            with torch.no_grad():
+                plan = self._frozen_body_plan()
+                outputs, features = plan.run_body(self.detr, images.tensor, mask, targets)
+        else:
             outputs, features = self.detr(images.tensor, mask, targets)
         return self.losses(batched_inputs, images, outputs, features, targets)
 
@@ -248,32 +307,46 @@ class DetrPanoptic(nn.Module):
         return losses
 
     # ---- inference -----------------------------------------------------------------------------
-    def needed_masks(self, outputs, features):
-        """The mask logits of the queries that can reach an output, for the whole batch in one
-        mask-head call: (need (B, N) bool, (K, H/4, W/4) logits of need's queries, image by image,
-        queries ascending)."""
-        need = torch.stack(
-            [self.postprocessor.queries_needing_masks(lg) for lg in outputs["pred_logits"]]
-        )
-        batch_idx, queries = need.nonzero(as_tuple=True)
-        return need, self.mask_head(features, batch_idx, queries)
+    def run_body(self, images, padding_mask):
+        """The DETR body at inference (:meth:`prepare_inference`'s plan): ``(outputs, features)``;
+        features in float32 for a mask head that does not take reduced precision."""
+        outputs, features = self.prepare_inference().run_body(self.detr, images, padding_mask)
+        if self.mask_head is not None and not getattr(
+            self.mask_head, "supports_low_precision", False
+        ):
+            features = to_float(features)
+        return outputs, features
+
+    def select(self, outputs, features):
+        """One :class:`.postprocess.QuerySelection` per image, chosen once; with a mask head, the
+        masks of every image's queries that an output reads, computed in one mask-head call for
+        the batch (a constant number of host syncs, not a few per image), are put into them."""
+        selections = [self.postprocessor.select(lg) for lg in outputs["pred_logits"]]
+        if self.mask_head is None:
+            return selections
+        need = torch.stack([s.needs_mask for s in selections])  # (B, N)
+        batch_idx, queries = need.nonzero(as_tuple=True)  # image by image, queries ascending
+        kwargs = self.prepare_inference().mask_head_kwargs()
+        masks = self.mask_head(features, batch_idx, queries, **kwargs)
+        counts = need.sum(1).tolist()
+        for s, q, m in zip(selections, queries.split(counts), masks.split(counts)):
+            s.attach_masks(q, m)
+        return selections
 
     def inference(self, batched_inputs, images, outputs, features):
-        """Per image, the post-processor's results. With a mask head, the masks of every image's
-        queries that can reach an output are computed in one mask-head call for the batch (a
-        constant number of host syncs, not a few per image), then split per image."""
-        per_image = [None] * len(batched_inputs)
-        if self.mask_head is not None:
-            need, masks = self.needed_masks(outputs, features)
-            per_image = masks.split(need.sum(1).tolist())
+        """Per image, the post-processor's results from :meth:`select`'s selections."""
+        selections = self.select(outputs, features)
         results = []
         for b, (x, image_size) in enumerate(zip(batched_inputs, images.image_sizes)):
-            logits, boxes = outputs["pred_logits"][b], outputs["pred_boxes"][b]
-            mask_logits = per_image[b]
             out_size = (x.get("height", image_size[0]), x.get("width", image_size[1]))
             results.append(
                 self.postprocessor(
-                    logits, boxes, mask_logits, images.tensor.shape[-2:], image_size, out_size
+                    selections[b],
+                    outputs["pred_logits"][b],
+                    outputs["pred_boxes"][b],
+                    images.tensor.shape[-2:],
+                    image_size,
+                    out_size,
                 )
             )
         return results

@@ -3,6 +3,7 @@ the default, and MaskFormer's score-weighted merge; one implementation for torch
 ``detr_panoptic_runtime.postprocess``, shared with the exported models' runtime) and instances."""
 
 import logging
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -13,16 +14,16 @@ from detectron2.structures import Boxes, Instances
 from torch import nn
 
 from detr_panoptic_runtime.postprocess import (  # noqa: F401  (one implementation, torch and numpy)
-    _number_segments,
-    _pil_nearest_index,
-    _resize_ids,
+    mask_rows,
     maskformer_merge,
+    merge_kept_masks,
     panoptic_merge,
     select_queries,
     upsample_masks,
 )
 
 from .box_ops import cxcywh_to_xyxy
+from .checks import check_arg
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +124,40 @@ def semantic_inference(logits, mask_logits, padded_size, image_size, out_size, c
     return sem
 
 
+@dataclass
+class QuerySelection:
+    """One image's queries, chosen once from its class logits (N, K+1), and the mask rows it owns.
+
+    keep, scores, labels: (N,) the panoptic selection (:func:`select_queries`: argmax not
+    no-object, score above the threshold) and every query's score and label over K+1.
+    instance, instance_scores, instance_labels: (N,) the instances' selection (best real class a
+    thing) and every query's best real score and label.
+    needs_mask: (N,) bool, the queries whose masks the outputs read.
+    mask_queries: (M,) int64 ascending, the queries of the rows of ``mask_logits`` (M, H/4, W/4);
+    both None until the model computed them (and without a mask head).
+    """
+
+    keep: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor
+    instance: torch.Tensor
+    instance_scores: torch.Tensor
+    instance_labels: torch.Tensor
+    needs_mask: torch.Tensor
+    mask_queries: torch.Tensor = None
+    mask_logits: torch.Tensor = None
+
+    def attach_masks(self, mask_queries, mask_logits):
+        """Give the selection its mask rows: logits (M, H/4, W/4) of the queries (M,)."""
+        self.mask_queries, self.mask_logits = mask_queries, mask_logits
+        return self
+
+    def rows(self, selected, what):
+        """The rows of ``mask_logits`` of the queries of ``selected`` ((N,) bool), in query order;
+        a query without a row is a ``ValueError`` (:func:`mask_rows`)."""
+        return mask_rows(self.mask_queries, selected.nonzero()[:, 0], selected.shape[0], what)
+
+
 class PanopticPostProcessor(nn.Module):
     """DETR's per-query outputs of one image → Detectron2 results: "panoptic_seg", "instances",
     "sem_seg".
@@ -131,9 +166,12 @@ class PanopticPostProcessor(nn.Module):
     above ``object_mask_threshold``. Instances are the queries whose best real class is a thing
     (with masks when there is a mask head); when every class is a thing (no thing/stuff split
     known), every query, as DETR. ``sem_seg`` (``semantic_on``, mask head needed) is MaskFormer's
-    semantic inference over all queries. ``queries_needing_masks`` tells which queries' masks the
-    outputs read (only the kept and instance queries when ``masks_for_kept_only`` and no semantic
-    output), and ``__call__`` takes the mask logits of exactly those, in query order.
+    semantic inference over all queries.
+
+    :meth:`select` chooses an image's queries once (:class:`QuerySelection`), including which
+    queries' masks the outputs read (only the kept and instance queries when
+    ``masks_for_kept_only`` and no semantic output); the model computes those masks into the
+    selection, and ``__call__`` reads each output's rows from it.
     """
 
     @configurable
@@ -153,6 +191,37 @@ class PanopticPostProcessor(nn.Module):
         masks_for_kept_only=True,
     ):
         super().__init__()
+        name, key = "PanopticPostProcessor", "MODEL.DETR.TEST."
+        for arg, value in (
+            ("object_mask_threshold", object_mask_threshold),
+            ("overlap_threshold", overlap_threshold),
+        ):
+            ok = 0.0 <= value <= 1.0
+            check_arg(ok, name, arg, key + arg.upper(), value, "in [0, 1]")
+        check_arg(
+            min_segment_area >= 0,
+            name,
+            "min_segment_area",
+            key + "MIN_SEGMENT_AREA",
+            min_segment_area,
+            ">= 0",
+        )
+        check_arg(
+            merge in ("detr", "maskformer"),
+            name,
+            "merge",
+            key + "PANOPTIC_MERGE",
+            merge,
+            "'detr' or 'maskformer'",
+        )
+        check_arg(
+            stuff_merge in ("first", "union"),
+            name,
+            "stuff_merge",
+            key + "STUFF_MERGE",
+            stuff_merge,
+            "'first' or 'union'",
+        )
         self.register_buffer(
             "is_thing", is_thing, persistent=False
         )  # (K,) bool, from the data set metadata
@@ -186,72 +255,64 @@ class PanopticPostProcessor(nn.Module):
             "masks_for_kept_only": t.MASKS_FOR_KEPT_ONLY,
         }
 
-    def _selections(self, logits):
-        """(panoptic keep, instance selection) (N,) bool each, with scores and labels of both."""
+    def select(self, logits):
+        """logits (N, K+1) of one image → its :class:`QuerySelection` (masks not yet computed)."""
         keep, scores, labels = select_queries(logits, self.object_mask_threshold)
         inst_scores, inst_labels = logits.softmax(-1)[:, :-1].max(-1)
-        inst_sel = self.is_thing[inst_labels]
-        return keep, scores, labels, inst_sel, inst_scores, inst_labels
-
-    def queries_needing_masks(self, logits):
-        """(N,) bool: the queries whose mask logits ``__call__`` reads. logits: (N, K+1)."""
+        instance = self.is_thing[inst_labels]
         if not self.has_masks:
-            return torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
-        if self.semantic_on or not self.masks_for_kept_only:
-            return torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
-        keep, _, _, inst_sel, _, _ = self._selections(logits)
-        need = torch.zeros_like(keep)
-        if self.panoptic_on:
-            need = need | keep
-        if self.instance_on:
-            need = need | inst_sel
-        return need
+            needs_mask = torch.zeros_like(keep)
+        elif self.semantic_on or not self.masks_for_kept_only:
+            needs_mask = torch.ones_like(keep)
+        else:
+            needs_mask = torch.zeros_like(keep)
+            if self.panoptic_on:
+                needs_mask = needs_mask | keep
+            if self.instance_on:
+                needs_mask = needs_mask | instance
+        return QuerySelection(keep, scores, labels, instance, inst_scores, inst_labels, needs_mask)
 
-    def forward(self, logits, boxes, mask_logits, padded_size, image_size, out_size):
-        """logits (N, K+1), boxes (N, 4) of one image; mask_logits (Q, H_pad/4, W_pad/4) of the
-        queries ``queries_needing_masks(logits)`` selects, in query order (None without a mask
-        head); padded_size: the batch's padded (H_pad, W_pad); image_size: this image's (H, W) in
-        it; out_size: the requested output size. Returns a dict with "panoptic_seg", "instances" and
-        "sem_seg" as configured."""
-        keep, scores, labels, inst_sel, inst_scores, inst_labels = self._selections(logits)
-        need, whole = None, None
-        if mask_logits is not None:
-            need = self.queries_needing_masks(logits)
-            if self.instance_on or (self.panoptic_on and self.merge == "maskformer"):
-                # an output reads them whole: upsampled once
-                whole = upsample_masks(mask_logits, padded_size, image_size)  # (Q, H, W)
-
-        def rows(sel, masks):  # the mask rows of the queries in sel (sel ⊆ need), in query order
-            return masks[sel[need]]
-
+    def forward(self, selection, logits, boxes, padded_size, image_size, out_size):
+        """One image's results from its :class:`QuerySelection` (its mask rows computed when
+        there is a mask head), logits (N, K+1) and boxes (N, 4); padded_size: the batch's padded
+        (H_pad, W_pad); image_size: this image's (H, W) in it; out_size: the requested output
+        size. Returns a dict with "panoptic_seg", "instances" and "sem_seg" as configured."""
+        s = selection
+        masks, whole = s.mask_logits, None
+        if masks is not None and (
+            self.instance_on or (self.panoptic_on and self.merge == "maskformer")
+        ):  # an output reads them whole: upsampled once
+            whole = upsample_masks(masks, padded_size, image_size)  # (M, H, W)
         res = {}
         if self.panoptic_on:
-            args = (labels[keep], scores[keep], self.is_thing, out_size, self.min_segment_area)
-            if self.merge == "maskformer":
-                res["panoptic_seg"] = maskformer_merge(
-                    rows(keep, whole), *args, self.overlap_threshold
-                )
-            elif whole is not None:
-                res["panoptic_seg"] = panoptic_merge(rows(keep, whole), *args, self.stuff_merge)
-            else:  # from the stride-4 logits: the argmax in row slabs, never (Q, H, W) at once
-                res["panoptic_seg"] = panoptic_merge(
-                    rows(keep, mask_logits),
-                    *args,
-                    self.stuff_merge,
-                    upsample=(padded_size, image_size),
-                )
+            res["panoptic_seg"] = merge_kept_masks(
+                masks,
+                s.rows(s.keep, "kept"),
+                s.labels[s.keep],
+                s.scores[s.keep],
+                self.is_thing,
+                padded_size,
+                image_size,
+                out_size,
+                self.merge,
+                self.min_segment_area,
+                self.stuff_merge,
+                self.overlap_threshold,
+                upsampled=whole,
+            )
         if self.instance_on:
+            sel = s.instance
             res["instances"] = detr_instances(
-                boxes[inst_sel],
-                inst_scores[inst_sel],
-                inst_labels[inst_sel],
+                boxes[sel],
+                s.instance_scores[sel],
+                s.instance_labels[sel],
                 whole,
                 image_size,
                 out_size,
-                mask_rows=None if whole is None else inst_sel[need].nonzero()[:, 0],
+                mask_rows=None if whole is None else s.rows(sel, "instance"),
             )  # the rows of ``whole``, not a copy of them
         if self.semantic_on:
-            res["sem_seg"] = semantic_inference(
-                logits, mask_logits, padded_size, image_size, out_size
-            )
+            if s.mask_queries.shape[0] != logits.shape[0]:
+                raise ValueError("semantic inference reads every query's mask")
+            res["sem_seg"] = semantic_inference(logits, masks, padded_size, image_size, out_size)
         return res

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from torch import nn
 
+from .checks import check_arg, check_int
+
 
 def _with_pos(x, pos):
     return x if pos is None else x + pos
@@ -147,6 +149,21 @@ class Transformer(nn.Module):
         normalize_before=False,
     ):
         super().__init__()
+        name = "Transformer"
+        check_int(name, "d_model", "MODEL.DETR.HIDDEN_DIM", d_model, 1)
+        check_int(name, "nhead", "MODEL.DETR.NHEADS", nhead, 1)
+        check_int(name, "num_encoder_layers", "MODEL.DETR.ENC_LAYERS", num_encoder_layers, 0)
+        check_int(name, "num_decoder_layers", "MODEL.DETR.DEC_LAYERS", num_decoder_layers, 1)
+        check_int(name, "dim_feedforward", "MODEL.DETR.DIM_FEEDFORWARD", dim_feedforward, 1)
+        check_arg(
+            d_model % nhead == 0,
+            name,
+            "d_model",
+            "MODEL.DETR.HIDDEN_DIM",
+            d_model,
+            f"a multiple of MODEL.DETR.NHEADS={nhead}",
+        )
+        check_arg(0.0 <= dropout < 1.0, name, "dropout", "MODEL.DETR.DROPOUT", dropout, "in [0, 1)")
         enc = TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, normalize_before)
         dec = TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout, normalize_before)
         self.encoder_layers = _clones(enc, num_encoder_layers)

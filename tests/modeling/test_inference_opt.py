@@ -1,9 +1,8 @@
-"""Inference fast paths: BatchNorm folded into the backbone's convolutions (a derived copy, rebuilt
-when the weights change), the mask head's reformulated upsampler, and bf16 / fp16 inference."""
+"""Inference fast paths: BatchNorm folded into the backbone's convolutions, the mask head's fast
+upsampler kernel, and bf16 / fp16 inference (what they compute; when the model makes and drops
+them: test_inference_plan.py)."""
 
 import copy
-import io
-import pickle
 
 import pytest
 import torch
@@ -17,14 +16,9 @@ from detr_test_utils import NUM_QUERIES, build_tiny_model, make_input, tiny_cfg
 from detr_panoptic_d2.engine import build_detr_optimizer
 from detr_panoptic_d2.modeling import MaskHeadSmallConv, build_detr_resnet_backbone
 from detr_panoptic_d2.modeling.backbone import DetrResNet
-from detr_panoptic_d2.modeling.inference_opt import (
-    DerivedTensors,
-    FoldedResNet,
-    InferenceRunner,
-    fold_conv_norm,
-    precision_dtype,
-)
-from detr_panoptic_d2.modeling.mask_head import up2_conv_weight
+from detr_panoptic_d2.modeling.inference_opt import FoldedResNet, fold_conv_norm, precision_dtype
+from detr_panoptic_d2.modeling.inference_plan import InferencePlan
+from detr_panoptic_d2.modeling.mask_upsampler import UpsamplerWeights, up2_conv_weight
 
 
 def _randomize_norms_(module, seed=0):
@@ -69,7 +63,7 @@ def test_folded_backbone_equals_detectron2_forward(depth, norm, dilation):
     x = torch.randn(2, 3, 67, 93)  # odd sizes: every stride rounds
     ref = _reference_features(backbone, x)
     with torch.inference_mode():
-        out = backbone(x)
+        out = FoldedResNet(backbone)(x)
     assert out.keys() == ref.keys()
     for k in ref:  # float32 rounding of a different summation order, relative to the feature scale
         assert out[k].is_contiguous(memory_format=torch.channels_last)
@@ -92,8 +86,8 @@ def test_folding_never_touches_parameters_or_state_dict():
     backbone = _backbone(18).eval()
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
     with torch.inference_mode():
-        backbone(torch.randn(1, 3, 64, 64))
-        backbone(torch.randn(1, 3, 64, 64).bfloat16())
+        FoldedResNet(backbone)(torch.randn(1, 3, 64, 64))
+        FoldedResNet(backbone, torch.bfloat16)(torch.randn(1, 3, 64, 64))
     after = backbone.state_dict()
     assert after.keys() == before.keys()
     assert all(
@@ -102,58 +96,17 @@ def test_folding_never_touches_parameters_or_state_dict():
     assert not any("fold" in n for n, _ in backbone.named_modules())
 
 
-def test_training_and_grad_take_detectron2_forward():
-    backbone = _backbone(18)
-    x = torch.randn(1, 3, 64, 64, requires_grad=True)
-    out = backbone.eval()(x)["res5"]  # autograd recording: the modules themselves
-    out.sum().backward()
-    assert x.grad is not None and backbone._folded._value is None
-
-
-def test_folded_copy_follows_weight_changes():
-    """In-place updates (optimizer steps, load_state_dict, BatchNorm statistics of a training
-    forward) and .to() all invalidate the folded copy."""
+def test_module_forward_is_detectron2s_in_every_mode():
+    """The backbone module itself never folds (no path chosen by autograd state or mode): eval
+    mode without autograd gives Detectron2's forward exactly; the folded copy is a separate
+    object."""
     backbone = _backbone(18, "BN").eval()
     x = torch.randn(1, 3, 64, 64)
-
-    def check():
-        with torch.inference_mode():
-            out = backbone(x)["res5"]
-        ref = _reference_features(backbone, x)["res5"]
-        torch.testing.assert_close(out, ref, atol=1e-5 * ref.abs().max().item(), rtol=0)
-        return out
-
-    first = check()
-    with torch.no_grad():  # an optimizer step
-        backbone.res2[0].conv1.weight.mul_(1.5)
-    second = check()
-    assert not torch.allclose(first, second)
-    backbone.train()
-    backbone(torch.randn(2, 3, 64, 64))  # BatchNorm running statistics move
-    backbone.eval()
-    third = check()
-    assert not torch.allclose(second, third)
-    state = _backbone(18, "BN").state_dict()
-    backbone.load_state_dict(state)
-    torch.testing.assert_close(check(), first, atol=1e-4, rtol=1e-4)
-    backbone.to(torch.float64).to(torch.float32)  # parameters replaced
-    check()
-
-
-def test_derived_tensors_are_not_copied_or_pickled():
-    backbone = _backbone(18).eval()
+    ref = _reference_features(backbone, x.contiguous(memory_format=torch.channels_last))
     with torch.inference_mode():
-        backbone(torch.randn(1, 3, 32, 32))
-    assert backbone._folded._value is not None
-    assert copy.deepcopy(backbone)._folded._value is None
-    buf = io.BytesIO()
-    torch.save(backbone, buf)
-    assert pickle.loads(pickle.dumps(backbone))._folded._value is None
-    cache = DerivedTensors()
-    t = torch.zeros(2)
-    assert cache.get([t], "a", lambda: 1) == 1 and cache.get([t], "a", lambda: 2) == 1
-    t.add_(1)
-    assert cache.get([t], "a", lambda: 3) == 3 and cache.get([t], "b", lambda: 4) == 4
+        out = backbone(x)  # channels-last on the CPU
+    for k in ref:
+        assert torch.equal(out[k], ref[k])
 
 
 # ---- the mask head's upsampler
@@ -209,11 +162,16 @@ def test_upsampler_equals_detr_formulation(sizes, grad):
     x = torch.cat([src[batch_idx], maps], 1)
     ref = _detr_upsampler(head, x, fpns, batch_idx)
     with torch.set_grad_enabled(grad):
-        split = head.forward_split(src, maps, fpns, batch_idx)
-        whole = head(x, fpns, batch_idx)
+        split = head.forward_split(src, maps, fpns, batch_idx)  # from the parameters
+        detr = head(x, fpns, batch_idx)  # the module's own forward: DETR's formulation
+    with torch.inference_mode():  # inference: prepared weights, inputs cast, sums in place
+        prepared = head.forward_split(
+            src, maps, fpns, batch_idx, weights=UpsamplerWeights(head, 16, torch.float32)
+        )
     assert split.shape == ref.shape == (5, 1, *fine[-1]) and split.dtype == torch.float32
     torch.testing.assert_close(split, ref, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(whole, ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(prepared, ref, atol=1e-4, rtol=1e-4)
+    assert torch.equal(detr, ref)
     if grad:  # training: the same gradients as DETR's formulation
         g_ref = torch.autograd.grad(ref.square().sum(), list(head.parameters()))
         g_new = torch.autograd.grad(split.square().sum(), list(head.parameters()))
@@ -222,7 +180,7 @@ def test_upsampler_equals_detr_formulation(sizes, grad):
 
 
 def test_mask_head_rows_independent_of_chunking(monkeypatch):
-    import detr_panoptic_d2.modeling.mask_head as mask_head_module
+    import detr_panoptic_d2.modeling.mask_upsampler as mask_upsampler
 
     model = build_tiny_model(mask_head=True).eval()
     with torch.no_grad():
@@ -231,7 +189,7 @@ def test_mask_head_rows_independent_of_chunking(monkeypatch):
         b = torch.tensor([1, 0, 1, 0, 0, 1])
         q = torch.tensor([7, 3, 0, 9, 1, 2])
         full = model.mask_head(features, b, q)
-        monkeypatch.setattr(mask_head_module, "CHUNK_PIXELS", 1)  # one row per chunk
+        monkeypatch.setattr(mask_upsampler, "CHUNK_PIXELS", 1)  # one row per chunk
         one = model.mask_head(features, b, q)
     torch.testing.assert_close(one, full, atol=1e-5, rtol=1e-5)
 
@@ -253,11 +211,12 @@ def _reference_inference(model, batch):
 def _fast_inference(model, batch):
     with torch.inference_mode():
         images, mask = model.preprocess_image(batch)
-        outputs, features = model.inference_runner(model.detr, images.tensor, mask, model.mask_head)
+        outputs, features = model.run_body(images.tensor, mask)
         n = outputs["pred_logits"].shape[1]
         b = torch.arange(len(batch)).repeat_interleave(n)
         q = torch.arange(n).repeat(len(batch))
-        masks = model.mask_head(features, b, q).view(len(batch), n, -1)
+        kwargs = model.prepare_inference().mask_head_kwargs()
+        masks = model.mask_head(features, b, q, **kwargs).view(len(batch), n, -1)
     return {k: outputs[k].clone() for k in ("pred_logits", "pred_boxes")}, masks.clone()
 
 
@@ -300,7 +259,7 @@ def test_eval_outputs_unchanged_by_fast_paths(tiny_mask_model):
 def test_bf16_inference_close_to_fp32_and_weights_untouched():
     cfg = dict(mask_head=True, **{"MODEL.DETR.TEST.PRECISION": "bf16"})
     model = build_tiny_model(**cfg).eval()
-    assert model.inference_runner.dtype == torch.bfloat16
+    assert model.test_dtype == torch.bfloat16
     _randomize_norms_(model.detr.backbone)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     batch = [make_input(64, 96, 2), make_input(96, 64, 1, seed=1)]
@@ -319,15 +278,16 @@ def test_bf16_inference_close_to_fp32_and_weights_untouched():
     assert res["panoptic_seg"][0].shape == (64, 96)
 
 
-def test_fp16_runner_runs():
+def test_fp16_plan_runs():
     """fp16 runs on the CPU as on CUDA (slowly on the CPU); the code path is device-agnostic."""
     model = build_tiny_model(mask_head=True).eval()
-    runner = InferenceRunner("fp16")
+    plan = InferencePlan(model.detr, torch.float16, mask_head=model.mask_head)
     images = torch.randn(1, 3, 64, 64)
     mask = torch.zeros(1, 64, 64, dtype=torch.bool)
     with torch.inference_mode():
-        outputs, features = runner(model.detr, images, mask, model.mask_head)
-        masks = model.mask_head(features, torch.zeros(3, dtype=torch.long), torch.arange(3))
+        outputs, features = plan.run_body(model.detr, images, mask)
+        rows = (torch.zeros(3, dtype=torch.long), torch.arange(3))
+        masks = model.mask_head(features, *rows, **plan.mask_head_kwargs())
     assert features["src_proj"].dtype == torch.float16
     assert outputs["pred_logits"].dtype == torch.float32 and masks.dtype == torch.float32
     assert torch.isfinite(masks).all() and torch.isfinite(outputs["pred_boxes"]).all()
@@ -341,7 +301,7 @@ def test_precision_config_checked():
         build_model(tiny_cfg(**{"SOLVER.AMP.ENABLED": True, "SOLVER.AMP.PRECISION": "fp8"}))
     # fp16 inference and float16 AMP are accepted on the CPU (slow there, with a warning)
     model = build_model(tiny_cfg(**{"MODEL.DETR.TEST.PRECISION": "fp16"}))
-    assert model.inference_runner.dtype == torch.float16
+    assert model.test_dtype == torch.float16
     build_model(tiny_cfg(**{"SOLVER.AMP.ENABLED": True, "SOLVER.AMP.PRECISION": "float16"}))
 
 
@@ -353,7 +313,7 @@ def test_inference_copies_are_not_in_the_checkpoint():
     assert set(model.state_dict()) == keys
     assert all(v.dtype != torch.bfloat16 for v in model.state_dict().values())
     clone = copy.deepcopy(model)
-    assert clone.inference_runner.dtype == torch.bfloat16
+    assert clone.test_dtype == torch.bfloat16
     assert NUM_QUERIES == model.detr.num_queries
 
 
@@ -380,12 +340,12 @@ def test_fp16_inference_on_cpu_agrees_with_fp32():
     for m in (fp32, fp16):
         with torch.no_grad():
             m.detr.class_embed.weight.mul_(8.0)  # confident, varied queries: segments to compare
-    assert fp16.inference_runner.dtype == torch.float16
+    assert fp16.test_dtype == torch.float16
     batch = [make_input(64, 96, 2), make_input(96, 64, 1, seed=1)]
     with torch.inference_mode():
         images, mask = fp32.preprocess_image(batch)
-        ref, _ = fp32.inference_runner(fp32.detr, images.tensor, mask)
-        got, features = fp16.inference_runner(fp16.detr, images.tensor, mask, fp16.mask_head)
+        ref, _ = fp32.run_body(images.tensor, mask)
+        got, features = fp16.run_body(images.tensor, mask)
     assert features["src_proj"].dtype == torch.float16
     assert got["pred_logits"].dtype == torch.float32
     torch.testing.assert_close(got["pred_logits"], ref["pred_logits"], atol=0.08, rtol=0)

@@ -51,7 +51,9 @@ def test_model_semantic_output_reads_every_query():
     model = build_model(cfg).eval()
     seen = []
     forward = model.mask_head.forward
-    model.mask_head.forward = lambda f, b, q: seen.append(q.tolist()) or forward(f, b, q)
+    model.mask_head.forward = lambda f, b, q, **kw: (
+        seen.append(q.tolist()) or forward(f, b, q, **kw)
+    )
     x = make_input(64, 96, 0, height=50, width=70)
     with torch.no_grad():
         (res,) = model([x])

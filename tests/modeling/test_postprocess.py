@@ -346,12 +346,12 @@ def test_model_panoptic_output_with_patched_heads(monkeypatch, mode, instances):
         )  # best real class of no-object queries: stuff
     requested = []
 
-    def detr(images, mask):
+    def detr(images, mask, *args, **kwargs):
         out, features = real_detr(images, mask)
         out["pred_logits"] = logits
         return out, features
 
-    def mask_head(features, b, q):
+    def mask_head(features, b, q, **kwargs):
         requested.append(q.tolist())
         h4, w4 = features["backbone"]["res2"].shape[-2:]
         m = torch.full((len(q), h4, w4), -3.0)
@@ -405,7 +405,7 @@ def test_model_panoptic_output_with_patched_heads(monkeypatch, mode, instances):
 def test_id_map_resize_matches_pil_nearest(size_in, size_out):
     """DETR resizes its id PNG with PIL's NEAREST; torch's "nearest-exact" picks other pixels where
     the sampling position falls on an integer (e.g. 12 → 15: output column 7)."""
-    from detr_panoptic_d2.modeling.postprocess import _resize_ids
+    from detr_panoptic_runtime.postprocess import _resize_ids
 
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(-1, 200, size_in, generator=g)

@@ -13,8 +13,11 @@ FRAMES, WIDTH, HEIGHT, FPS = 5, 96, 64, 12.0
 
 
 def _opts(tmp_path, toy_root):
-    # a random (untrained) stage-2 model, keeping every query so that the overlay draws segments
+    # a random (untrained, seeded) stage-2 model, keeping every query so that the overlay draws
+    # segments
     return tiny_opts(tmp_path / "cfg_out", toy_root=toy_root) + [
+        "SEED",
+        "0",
         "MODEL.WEIGHTS",
         "",
         "MODEL.DETR.FROZEN_WEIGHTS",
