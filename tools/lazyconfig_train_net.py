@@ -16,7 +16,6 @@ Detectron2. Without CUDA, ``train.device`` cuda falls back to cpu, with a warnin
 """
 
 import logging
-import weakref
 
 import torch
 from detectron2.config import LazyConfig, instantiate
@@ -26,12 +25,16 @@ from detectron2.utils import comm
 
 from detr_panoptic_d2.checkpoint import DetrCheckpointer
 from detr_panoptic_d2.engine.amp import make_step_trainer
-from detr_panoptic_d2.engine.time_budget import run_training_loop
+from detr_panoptic_d2.engine.time_budget import (
+    ScalableLRMultiplier,
+    end_following_writers,
+    run_training_loop,
+)
 from detr_panoptic_d2.engine.trainer import (
+    build_detr_checkpointer,
     check_same_start,
     create_detr_ddp_model,
     detr_training_hooks,
-    machines_share_output_dir,
 )
 
 logger = logging.getLogger("detr_panoptic_d2")
@@ -69,12 +72,12 @@ def do_train(args, cfg):
         precision=cfg.train.amp.get("precision", "bfloat16"),
         device=cfg.train.device,
     )
-    shared = machines_share_output_dir(cfg.train.output_dir)
-    checkpointer = DetrCheckpointer(
-        model,
-        cfg.train.output_dir,
-        save_to_disk=comm.is_main_process() if shared else comm.get_local_rank() == 0,
-        trainer=weakref.proxy(trainer),
+    checkpointer = build_detr_checkpointer(model, cfg.train.output_dir, trainer)
+    scheduler = ScalableLRMultiplier(optim, instantiate(cfg.lr_multiplier), cfg.train.max_iter)
+    periodic_checkpointer = (
+        hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
+        if comm.is_main_process()
+        else None
     )
     first, before_eval = detr_training_hooks(
         model,
@@ -83,21 +86,22 @@ def do_train(args, cfg):
         cfg.train.get("time_budget_minutes", 0),
         cfg.lr_multiplier.get("steps", ()),
         cfg.train.max_iter,
+        followers=[scheduler, periodic_checkpointer],
     )
     trainer.register_hooks(
         first
         + [
             hooks.IterationTimer(),
-            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
-            if comm.is_main_process()
-            else None,
+            hooks.LRScheduler(scheduler=scheduler),
+            periodic_checkpointer,
         ]
         + before_eval
         + [
             hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
             hooks.PeriodicWriter(
-                default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                end_following_writers(
+                    default_writers(cfg.train.output_dir, cfg.train.max_iter), trainer
+                ),
                 period=cfg.train.log_period,
             )
             if comm.is_main_process()
@@ -107,11 +111,7 @@ def do_train(args, cfg):
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
     start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
     check_same_start(start_iter, cfg.train.output_dir)
-    if cfg.train.get("time_budget_minutes", 0) > 0:
-        trainer.max_iter = cfg.train.max_iter
-        run_training_loop(trainer, start_iter)  # ends where the time budget puts the end
-    else:
-        trainer.train(start_iter, cfg.train.max_iter)
+    run_training_loop(trainer, start_iter, cfg.train.max_iter)  # a time budget may end it early
 
 
 def setup(args):

@@ -1,15 +1,15 @@
 """Mixed-precision training (``SOLVER.AMP``) on CUDA and on the CPU.
 
 Detectron2's ``AMPTrainer`` autocasts with ``torch.cuda.amp`` and asserts that CUDA is available.
-:class:`DetrAMPTrainer` autocasts on the model's device type instead, in bfloat16 or float16
-(``SOLVER.AMP.PRECISION``) on CUDA and on the CPU (bfloat16 is fast on CPUs with AVX512-BF16 or
-AMX; float16 runs on the CPU too, with a warning: it may be slower than float32 there). A gradient
-scaler is used for float16 only: bfloat16 has float32's exponent range, so its gradients do not
-underflow.
+:class:`DetrAMPTrainer` runs ``SimpleTrainer``'s step with the model's forward autocast on its
+device type instead (:func:`autocast_forward`), in bfloat16 or float16 (``SOLVER.AMP.PRECISION``)
+on CUDA and on the CPU (bfloat16 is fast on CPUs with AVX512-BF16 or AMX; float16 runs on the CPU
+too, with a warning: it may be slower than float32 there). A gradient scaler is used for float16
+only: bfloat16 has float32's exponent range, so its gradients do not underflow.
 """
 
+import contextlib
 import logging
-import time
 
 import torch
 from detectron2.engine import AMPTrainer, SimpleTrainer
@@ -20,9 +20,68 @@ AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 logger = logging.getLogger(__name__)
 
 
+class _ScaledGradient(torch.autograd.Function):
+    """The identity, whose backward multiplies the gradient by a ``GradScaler``'s scale."""
+
+    @staticmethod
+    def forward(ctx, loss, grad_scaler):
+        ctx.grad_scaler = grad_scaler
+        return loss.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.grad_scaler.scale(grad), None
+
+
+def _scaled_losses(losses, grad_scaler):
+    """``losses`` (a model's dict of losses, or one loss), of the same values, whose gradients
+    ``grad_scaler`` scales: the backward of their sum is that of ``grad_scaler.scale(sum)``."""
+    if isinstance(losses, torch.Tensor):
+        return _ScaledGradient.apply(losses, grad_scaler) if losses.requires_grad else losses
+    if not isinstance(losses, dict):  # None: the forward raised
+        return losses
+    return {
+        k: _ScaledGradient.apply(v, grad_scaler) if v.requires_grad else v
+        for k, v in losses.items()
+    }
+
+
+@contextlib.contextmanager
+def autocast_forward(model, device_type, dtype, grad_scaler=None):
+    """Within the block, each forward of ``model`` (its other hooks included) runs under
+    ``torch.autocast(device_type, dtype)``, entered and left by a pre-hook and a hook of ``model``,
+    so that the backward, outside the forward, does not; with an enabled ``grad_scaler``, the
+    gradients of the losses the forward returns are scaled (:class:`_ScaledGradient`)."""
+    autocast = contextlib.ExitStack()
+
+    def enter(module, args):
+        autocast.enter_context(torch.autocast(device_type, dtype=dtype))
+
+    def leave(module, args, output):
+        autocast.close()
+        if grad_scaler is not None and grad_scaler.is_enabled():
+            return _scaled_losses(output, grad_scaler)
+        return None
+
+    handles = [
+        model.register_forward_pre_hook(enter, prepend=True),
+        model.register_forward_hook(leave, always_call=True),
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        autocast.close()
+
+
 class DetrAMPTrainer(AMPTrainer):
-    """``AMPTrainer`` on any device: ``torch.autocast(device_type, precision)`` around the model's
-    forward (the losses included), a ``torch.amp.GradScaler`` that is enabled for float16 only.
+    """``AMPTrainer`` on any device: ``SimpleTrainer``'s step (AMPTrainer's own autocasts with
+    ``torch.cuda.amp`` and asserts CUDA) with ``torch.autocast(device_type, precision)`` around the
+    model's forward (the losses included) and a ``torch.amp.GradScaler``, enabled for float16
+    only, that scales the losses' gradients (:func:`autocast_forward`), unscales them before the
+    optimizer's step (its full-model gradient clipping sees true gradients) and skips the step
+    where they overflowed (:meth:`after_backward`), then updates its scale.
 
     Checkpoints carry the scaler's state as AMPTrainer's do; one written without it (AMP off, or
     another trainer) resumes with a fresh scaler."""
@@ -44,37 +103,28 @@ class DetrAMPTrainer(AMPTrainer):
         self.device_type = device_type
 
     def run_step(self):
-        """AMPTrainer.run_step with autocast on ``self.device_type`` (no CUDA requirement)."""
-        assert self.model.training, "[DetrAMPTrainer] model was changed to eval mode!"
-        start = time.perf_counter()
-        data = next(self._data_loader_iter)
-        data_time = time.perf_counter() - start
+        """``SimpleTrainer.run_step`` within :func:`autocast_forward`, then the scale's update."""
+        with autocast_forward(self.model, self.device_type, self.precision, self.grad_scaler):
+            SimpleTrainer.run_step(self)
+        self.grad_scaler.update()
 
-        if self.zero_grad_before_forward:
-            self.optimizer.zero_grad()
-        with torch.autocast(self.device_type, dtype=self.precision):
-            loss_dict = self.model(data)
-            if isinstance(loss_dict, torch.Tensor):
-                losses = loss_dict
-                loss_dict = {"total_loss": loss_dict}
-            else:
-                losses = sum(loss_dict.values())
-        if not self.zero_grad_before_forward:
-            self.optimizer.zero_grad()
-
-        self.grad_scaler.scale(losses).backward()
+    def after_backward(self):
+        """As in AMPTrainer: the scale logged (``log_grad_scaler``), then the ``after_backward``
+        hooks, which see the scaled gradients. Then, with the scaler enabled, the gradients
+        unscaled for the optimizer's step, or none left where they overflowed: the step that
+        ``GradScaler.step`` skips then has nothing to apply."""
         if self.log_grad_scaler:
             get_event_storage().put_scalar("[metric]grad_scaler", self.grad_scaler.get_scale())
-        self.after_backward()
-        if self.async_write_metrics:
-            self.concurrent_executor.submit(
-                self._write_metrics, loss_dict, data_time, iter=self.iter
-            )
-        else:
-            self._write_metrics(loss_dict, data_time)
-        # unscaled before the optimizer's step: its full-model gradient clipping sees true gradients
-        self.grad_scaler.step(self.optimizer)
-        self.grad_scaler.update()
+        super().after_backward()
+        if not self.grad_scaler.is_enabled():
+            return
+        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"]]
+        grads = [g for g in grads if g is not None]
+        # GradScaler's test: an inf or NaN among the scaled gradients
+        overflow = bool(grads) and not torch.stack([g.isfinite().all() for g in grads]).all()
+        self.grad_scaler.unscale_(self.optimizer)
+        if overflow:
+            self.optimizer.zero_grad(set_to_none=True)
 
     def load_state_dict(self, state_dict):
         SimpleTrainer.load_state_dict(self, state_dict)

@@ -17,17 +17,22 @@ from detectron2.data import (
 )
 from detectron2.engine import DefaultTrainer, HookBase, TrainerBase, create_ddp_model
 from detectron2.engine import hooks as d2_hooks
-from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint.loading import DetrCheckpointer
 from ..data.dataset_mapper import DetrPanopticDatasetMapper
+from ..lazy import lr_schedule
 from .amp import build_step_trainer
 from .evaluation import build_detr_evaluator
 from .optimizer import build_detr_optimizer
-from .time_budget import TimeBudget, run_training_loop
+from .time_budget import (
+    ScalableLRMultiplier,
+    StoppableLoop,
+    TimeBudget,
+    end_following_writers,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -152,25 +157,68 @@ def create_detr_ddp_model(model, **kwargs):
     return create_ddp_model(model, **kwargs)
 
 
+def build_detr_checkpointer(model, output_dir, trainer):
+    """The plugin's checkpointer of ``model`` and ``trainer``'s state in ``output_dir``: written by
+    the main process where the machines share ``output_dir`` (as in Detectron2), else by the first
+    process of each machine (:func:`machines_share_output_dir`)."""
+    shared = machines_share_output_dir(output_dir)
+    return DetrCheckpointer(
+        model,
+        output_dir,
+        save_to_disk=comm.is_main_process() if shared else comm.get_local_rank() == 0,
+        trainer=weakref.proxy(trainer),
+    )
+
+
 def detr_training_hooks(
-    model, checkpointer, checkpoint_period, time_budget_minutes, milestones, max_iter
+    model,
+    checkpointer,
+    checkpoint_period,
+    time_budget_minutes,
+    milestones,
+    max_iter,
+    followers=(),
 ):
     """What both config worlds add to Detectron2's training hooks, as ``(first, before_eval)``:
     ``first`` go before all others (the time budget, :class:`TimeBudget`, whose new end the lr
     scheduler and the checkpointer see in the same step; averaging BatchNorm statistics across
     processes, :class:`SyncNormStatistics`); ``before_eval`` go before the evaluation
     (the checkpointer of a machine that keeps its own checkpoints, where Detectron2 gives the main
-    process alone one)."""
+    process alone one). ``followers``: what the time budget sets the new end of (the lr
+    scheduler, Detectron2's ``PeriodicCheckpointer`` hooks), ``before_eval``'s checkpointer too."""
     first, before_eval = [], []
+    if checkpointer.save_to_disk and not comm.is_main_process():
+        before_eval.append(d2_hooks.PeriodicCheckpointer(checkpointer, checkpoint_period))
     if time_budget_minutes > 0:
         first_drop = min(milestones) / max_iter if milestones else None
-        first.append(TimeBudget(time_budget_minutes * 60, first_drop))
+        budget = TimeBudget(
+            time_budget_minutes * 60, first_drop, followers=[*followers, *before_eval]
+        )
+        first.append(budget)
     norms = tracking_norms(model)
     if comm.get_world_size() > 1 and norms:
         first.append(SyncNormStatistics(norms))
-    if checkpointer.save_to_disk and not comm.is_main_process():
-        before_eval.append(d2_hooks.PeriodicCheckpointer(checkpointer, checkpoint_period))
     return first, before_eval
+
+
+def solver_lr_multiplier(cfg):
+    """The lr multiplier (a fvcore ``ParamScheduler`` of the fraction of training done) that
+    Detectron2's ``build_lr_scheduler`` makes of ``cfg.SOLVER``: LazyConfig's
+    :func:`~detr_panoptic_d2.lazy.lr_schedule` of the same keys."""
+    s = cfg.SOLVER
+    return lr_schedule(
+        max_iter=s.MAX_ITER,
+        name=s.LR_SCHEDULER_NAME,
+        steps=s.STEPS,
+        gamma=s.GAMMA,
+        warmup_iters=s.WARMUP_ITERS,
+        warmup_factor=s.WARMUP_FACTOR,
+        warmup_method=s.WARMUP_METHOD,
+        rescale_interval=s.RESCALE_INTERVAL,
+        base_lr=s.BASE_LR,
+        base_lr_end=s.BASE_LR_END,
+        num_decays=s.NUM_DECAYS,
+    )
 
 
 def check_same_start(start_iter, output_dir):
@@ -186,7 +234,7 @@ def check_same_start(start_iter, output_dir):
         )
 
 
-class DetrPanopticTrainer(DefaultTrainer):
+class DetrPanopticTrainer(DefaultTrainer, StoppableLoop):
     """DefaultTrainer with DETR's data mapper, AdamW + backbone multiplier + full-model gradient
     clipping, the plugin's checkpointer, and the evaluators of :func:`build_detr_evaluator` (PQ, AP
     of things, mIoU). Register the data sets before building it (``register_datasets_from_cfg``).
@@ -197,15 +245,18 @@ class DetrPanopticTrainer(DefaultTrainer):
     machine writes the checkpoints into its own, so that each machine has what a later stage
     (``MODEL.DETR.FROZEN_WEIGHTS``), ``--eval-only`` or ``--resume`` reads; with a shared one, the
     main process alone writes them, as in Detectron2. ``--resume`` is an error when the processes
-    would resume from different iterations (checkpoints missing on a machine).
+    would resume from different iterations (checkpoints missing on a machine). With
+    ``SOLVER.TIME_BUDGET_MINUTES``, Detectron2's ``train`` ends where :class:`TimeBudget` puts the
+    end (:class:`StoppableLoop`).
     """
 
     def __init__(self, cfg):
-        # DefaultTrainer.__init__, except that the model is wrapped in DistributedDataParallel
-        # without device_ids when it lies on the CPU (multi-process CPU training with gloo:
-        # Detectron2's create_ddp_model passes the local rank as a device id, which DDP rejects for
-        # CPU modules), and that checkpoints go through DetrCheckpointer, written on each machine
-        # when the machines do not share OUTPUT_DIR.
+        """What ``DefaultTrainer.__init__`` builds, from the same ``build_*`` classmethods and in
+        the same order, but for the three pieces it builds without an extension point: the DDP
+        wrapper (:func:`create_detr_ddp_model`; Detectron2's gives a model on the CPU the local
+        rank as device id, which DDP rejects), the per-step trainer (:func:`build_step_trainer`,
+        AMP on the CPU too; Detectron2's ``AMPTrainer`` requires CUDA) and the checkpointer
+        (:func:`build_detr_checkpointer`)."""
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
@@ -214,15 +265,10 @@ class DetrPanopticTrainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = create_detr_ddp_model(model, broadcast_buffers=False)
-        self._trainer = build_step_trainer(cfg, model, data_loader, optimizer)  # AMP on CPU too
+        # DefaultTrainer's place for the per-step trainer (its run_step and state_dict use it)
+        self._trainer = build_step_trainer(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        shared = machines_share_output_dir(cfg.OUTPUT_DIR)
-        self.checkpointer = DetrCheckpointer(
-            model,
-            cfg.OUTPUT_DIR,
-            save_to_disk=comm.is_main_process() if shared else comm.get_local_rank() == 0,
-            trainer=weakref.proxy(self),
-        )
+        self.checkpointer = build_detr_checkpointer(model, cfg.OUTPUT_DIR, self)
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -231,6 +277,7 @@ class DetrPanopticTrainer(DefaultTrainer):
     def build_hooks(self):
         hooks = super().build_hooks()
         solver = self.cfg.SOLVER
+        checkpointers = [h for h in hooks if isinstance(h, d2_hooks.PeriodicCheckpointer)]
         first, before_eval = detr_training_hooks(
             self.model,
             self.checkpointer,
@@ -238,9 +285,15 @@ class DetrPanopticTrainer(DefaultTrainer):
             solver.TIME_BUDGET_MINUTES,
             solver.STEPS,
             solver.MAX_ITER,
+            followers=[self.scheduler, *checkpointers],
         )
         at = next(i for i, h in enumerate(hooks) if isinstance(h, d2_hooks.EvalHook))
         return first + hooks[:at] + before_eval + hooks[at:]
+
+    def build_writers(self):
+        """Detectron2's writers, the metric printer's ETA counting to the trainer's end
+        (:class:`EndFollowingPrinter`)."""
+        return end_following_writers(super().build_writers(), self)
 
     def resume_or_load(self, resume=True):
         """DefaultTrainer.resume_or_load; on several processes all must start at the same
@@ -248,15 +301,11 @@ class DetrPanopticTrainer(DefaultTrainer):
         super().resume_or_load(resume=resume)
         check_same_start(self.start_iter, self.cfg.OUTPUT_DIR)
 
-    def train(self):
-        """DefaultTrainer.train; with SOLVER.TIME_BUDGET_MINUTES the loop ends where
-        :class:`TimeBudget` puts the end."""
-        if self.cfg.SOLVER.TIME_BUDGET_MINUTES <= 0:
-            return super().train()
-        run_training_loop(self, self.start_iter)
-        if len(self.cfg.TEST.EXPECTED_RESULTS) and comm.is_main_process():
-            verify_results(self.cfg, self._last_eval_results)
-            return self._last_eval_results
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        """Detectron2's lr schedule of ``cfg.SOLVER`` as a :class:`ScalableLRMultiplier`, whose
+        length a :class:`TimeBudget` sets."""
+        return ScalableLRMultiplier(optimizer, solver_lr_multiplier(cfg), cfg.SOLVER.MAX_ITER)
 
     @classmethod
     def build_train_loader(cls, cfg):
