@@ -57,7 +57,8 @@ def timed(fn, warmup=2, repeat=5):
     each run timed by ``torch.utils.benchmark.Timer`` (which synchronizes CUDA)."""
     for _ in range(warmup):
         fn()
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn})
+    # the Timer runs at one thread unless told: the threads this process was set to
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     times = [timer.timeit(number=1).median for _ in range(repeat)]
     return statistics.median(times), times
 

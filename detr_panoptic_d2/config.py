@@ -2,6 +2,9 @@
 
 from detectron2.config import CfgNode as CN
 
+# SOLVER.OPTIMIZER_IMPL's values (engine/optimizer.py).
+OPTIMIZER_IMPLS = ("fused", "foreach", "for-loop", "auto")
+
 
 def add_detr_panoptic_config(cfg):
     """Add every ``MODEL.DETR.*``, ``MODEL.MASK_HEAD.*``, ``SOLVER.*`` and ``INPUT.*`` key the
@@ -36,6 +39,11 @@ def add_detr_panoptic_config(cfg):
     cfg.MODEL.DETR.DICE_WEIGHT = 1.0
     cfg.MODEL.DETR.FOCAL_ALPHA = 0.25
     cfg.MODEL.DETR.FOCAL_GAMMA = 2.0
+    # Training: match every supervised decoder layer and query group in one matcher call (one copy
+    # of the costs to the host) and compute each loss for all layers at once; the same matching and,
+    # up to float rounding, the same losses as False (one matcher call and one set of loss
+    # operations per layer, as DETR).
+    cfg.MODEL.DETR.BATCHED_CRITERION = True
     # Stage-1 options for faster convergence, training only: at inference the model is DETR with its
     # NUM_OBJECT_QUERIES queries, and checkpoints load with or without them (see
     # detr_panoptic_d2/modeling/training_queries.py). Both off: DETR's training.
@@ -128,6 +136,11 @@ def add_detr_panoptic_config(cfg):
     # Optimizer: AdamW, backbone lr multiplier, full-model gradient clipping (DETR's recipe).
     cfg.SOLVER.OPTIMIZER = "ADAMW"
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
+    # torch's implementation of the optimizer's update: "fused" (one kernel for all parameters;
+    # falls back to "foreach" where torch has none), "foreach" (multi-tensor operations), "for-loop"
+    # (one parameter at a time) or "auto" (torch's choice: foreach on CUDA, for-loop on the CPU).
+    # The same update up to float rounding.
+    cfg.SOLVER.OPTIMIZER_IMPL = "fused"
     cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
     cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"
     cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 0.1
@@ -188,96 +201,23 @@ def _check_device(device):
 
 
 def validate_config(cfg):
-    """Check the plugin's config values; raise ValueError naming the first bad key. Called by the
-    model's ``from_config``, so a broken config fails before anything is built."""
-    d, t = cfg.MODEL.DETR, cfg.MODEL.DETR.TEST
-    for key in (
-        "NUM_CLASSES",
-        "HIDDEN_DIM",
-        "NHEADS",
-        "DEC_LAYERS",
-        "DIM_FEEDFORWARD",
-        "NUM_OBJECT_QUERIES",
-    ):
-        _check(
-            isinstance(d[key], int) and d[key] >= 1, f"MODEL.DETR.{key}", d[key], "an integer >= 1"
-        )
-    _check(
-        isinstance(d.ENC_LAYERS, int) and d.ENC_LAYERS >= 0,
-        "MODEL.DETR.ENC_LAYERS",
-        d.ENC_LAYERS,
-        "an integer >= 0",
-    )
-    _check(
-        d.HIDDEN_DIM % d.NHEADS == 0,
-        "MODEL.DETR.HIDDEN_DIM",
-        d.HIDDEN_DIM,
-        f"a multiple of MODEL.DETR.NHEADS={d.NHEADS}",
-    )
-    _check(0.0 <= d.DROPOUT < 1.0, "MODEL.DETR.DROPOUT", d.DROPOUT, "in [0, 1)")
-    _check(0.0 < d.NO_OBJECT_WEIGHT, "MODEL.DETR.NO_OBJECT_WEIGHT", d.NO_OBJECT_WEIGHT, "> 0")
-    for key in (
-        "COST_CLASS",
-        "COST_BBOX",
-        "COST_GIOU",
-        "CLASS_WEIGHT",
-        "L1_WEIGHT",
-        "GIOU_WEIGHT",
-        "MASK_WEIGHT",
-        "DICE_WEIGHT",
-    ):
-        _check(d[key] >= 0, f"MODEL.DETR.{key}", d[key], ">= 0")
-    _check(d.COST_CLASS or d.COST_BBOX or d.COST_GIOU, "MODEL.DETR.COST_*", 0, "not all 0")
-    _check(
-        isinstance(d.GROUPS, int) and d.GROUPS >= 1,
-        "MODEL.DETR.GROUPS",
-        d.GROUPS,
-        "an integer >= 1",
-    )
-    _check(
-        isinstance(d.DN.COPIES, int) and d.DN.COPIES >= 0,
-        "MODEL.DETR.DN.COPIES",
-        d.DN.COPIES,
-        "an integer >= 0",
-    )
-    _check(d.DN.BOX_NOISE_SCALE >= 0, "MODEL.DETR.DN.BOX_NOISE_SCALE", d.DN.BOX_NOISE_SCALE, ">= 0")
-    _check(
-        0.0 <= d.DN.LABEL_NOISE_RATIO <= 1.0,
-        "MODEL.DETR.DN.LABEL_NOISE_RATIO",
-        d.DN.LABEL_NOISE_RATIO,
-        "in [0, 1]",
-    )
-    _check(
-        0.0 <= t.OBJECT_MASK_THRESHOLD <= 1.0,
-        "MODEL.DETR.TEST.OBJECT_MASK_THRESHOLD",
-        t.OBJECT_MASK_THRESHOLD,
-        "in [0, 1]",
-    )
-    _check(
-        t.PANOPTIC_MERGE in ("detr", "maskformer"),
-        "MODEL.DETR.TEST.PANOPTIC_MERGE",
-        t.PANOPTIC_MERGE,
-        "'detr' or 'maskformer'",
-    )
-    _check(
-        t.STUFF_MERGE in ("first", "union"),
-        "MODEL.DETR.TEST.STUFF_MERGE",
-        t.STUFF_MERGE,
-        "'first' or 'union'",
-    )
-    _check(
-        0.0 <= t.OVERLAP_THRESHOLD <= 1.0,
-        "MODEL.DETR.TEST.OVERLAP_THRESHOLD",
-        t.OVERLAP_THRESHOLD,
-        "in [0, 1]",
-    )
-    _check(t.MIN_SEGMENT_AREA >= 0, "MODEL.DETR.TEST.MIN_SEGMENT_AREA", t.MIN_SEGMENT_AREA, ">= 0")
+    """Check the config values no single model component owns; raise ValueError naming the first
+    bad key. Called by the model's ``from_config``, so a broken config fails before anything is
+    built. Each component checks its own arguments, naming their keys (in both config worlds:
+    :mod:`detr_panoptic_d2.modeling.checks`)."""
+    d = cfg.MODEL.DETR
     _check_device(cfg.MODEL.DEVICE)
     _check(
-        t.PRECISION in ("fp32", "bf16", "fp16"),
-        "MODEL.DETR.TEST.PRECISION",
-        t.PRECISION,
-        "'fp32', 'bf16' or 'fp16'",
+        isinstance(d.BATCHED_CRITERION, bool),
+        "MODEL.DETR.BATCHED_CRITERION",
+        d.BATCHED_CRITERION,
+        "True or False",
+    )
+    _check(
+        cfg.SOLVER.OPTIMIZER_IMPL in OPTIMIZER_IMPLS,
+        "SOLVER.OPTIMIZER_IMPL",
+        cfg.SOLVER.OPTIMIZER_IMPL,
+        " / ".join(repr(v) for v in OPTIMIZER_IMPLS),
     )
     budget = cfg.SOLVER.TIME_BUDGET_MINUTES
     _check(budget >= 0, "SOLVER.TIME_BUDGET_MINUTES", budget, ">= 0 (0: off)")
@@ -288,22 +228,6 @@ def validate_config(cfg):
         amp.PRECISION,
         "'bfloat16' or 'float16'",
     )
-    if cfg.MODEL.MASK_HEAD.NAME == "DetrMaskHead":
-        # GroupNorm(8) down to HIDDEN_DIM / 16 channels, and over HIDDEN_DIM + NHEADS channels
-        _check(
-            d.HIDDEN_DIM % 128 == 0 and (d.HIDDEN_DIM + d.NHEADS) % 8 == 0,
-            "MODEL.DETR.HIDDEN_DIM",
-            (d.HIDDEN_DIM, d.NHEADS),
-            "a multiple of 128, with HIDDEN_DIM + NHEADS a multiple of 8 "
-            "(DetrMaskHead's GroupNorm)",
-        )
-        in_features = cfg.MODEL.MASK_HEAD.IN_FEATURES
-        _check(
-            len(in_features) == 3,
-            "MODEL.MASK_HEAD.IN_FEATURES",
-            in_features,
-            "3 backbone features, coarse to fine (DetrMaskHead's upsampler)",
-        )
     if cfg.MODEL.MASK_HEAD.WEIGHTS:
         _check(
             bool(cfg.MODEL.MASK_HEAD.NAME),

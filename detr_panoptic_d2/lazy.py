@@ -279,33 +279,24 @@ def detr_optimizer(
     name="ADAMW",
     momentum=0.9,
     clip_gradients=None,
+    impl="fused",
 ):
-    """DETR's optimizer over ``params`` (:func:`detr_param_groups`): AdamW (or SGD with
-    ``momentum``), and with ``clip_gradients`` (``enabled``, ``clip_type`` "full_model",
-    ``clip_value``, ``norm_type``: ``SOLVER.CLIP_GRADIENTS``) the clipping of the whole model's
-    gradient norm before each step, as ``build_detr_optimizer`` builds it."""
-    from .engine.optimizer import _clip_full_model
+    """DETR's optimizer over ``params`` (:func:`detr_param_groups`), as ``build_detr_optimizer``
+    builds it (:func:`~detr_panoptic_d2.engine.optimizer.make_optimizer`): AdamW (or SGD with
+    ``momentum``), with ``clip_gradients`` (``enabled``, ``clip_type`` "full_model",
+    ``clip_value``, ``norm_type``: ``SOLVER.CLIP_GRADIENTS``) the whole model's gradient norm
+    clipped before each step, ``impl`` the update's implementation (``SOLVER.OPTIMIZER_IMPL``)."""
+    from .engine.optimizer import make_optimizer
 
-    if name.upper() == "ADAMW":
-        optimizer_cls, kwargs = torch.optim.AdamW, {"weight_decay": weight_decay}
-    elif name.upper() == "SGD":
-        optimizer_cls, kwargs = (
-            torch.optim.SGD,
-            {"momentum": momentum, "weight_decay": weight_decay},
-        )
-    else:
-        raise ValueError(f"optimizer.name must be ADAMW or SGD, got {name!r}")
-    clip = dict(clip_gradients or {"enabled": False})
-    if clip.get("enabled", False):
-        if clip.get("clip_type", "full_model") != "full_model":
-            raise ValueError(
-                f"optimizer.clip_gradients.clip_type={clip['clip_type']!r}: DETR clips the norm "
-                "of the whole model's gradient; use 'full_model'"
-            )
-        optimizer_cls = _clip_full_model(
-            optimizer_cls, clip.get("clip_value", 0.1), clip.get("norm_type", 2.0)
-        )
-    return optimizer_cls(params, lr=lr, **kwargs)
+    return make_optimizer(
+        params,
+        lr=lr,
+        weight_decay=weight_decay,
+        name=name,
+        momentum=momentum,
+        clip_gradients=clip_gradients,
+        impl=impl,
+    )
 
 
 def lr_schedule(
@@ -349,7 +340,7 @@ def _model(cfg):
         SetCriterion,
         Transformer,
     )
-    from .modeling.training_queries import TrainingQueries
+    from .modeling.training_queries import TrainingQueries, wants_training_queries
 
     if cfg.MODEL.META_ARCHITECTURE != "DetrPanoptic":
         raise ValueError(
@@ -382,7 +373,7 @@ def _model(cfg):
     )
     transformer = L(Transformer)(**Transformer.from_config(cfg))
     training_queries = None
-    if d.GROUPS > 1 or d.DN.COPIES > 0:
+    if wants_training_queries(d.GROUPS, d.DN.COPIES, d.DN.BOX_NOISE_SCALE, d.DN.LABEL_NOISE_RATIO):
         training_queries = L(TrainingQueries)(
             hidden_dim="${..transformer.d_model}",
             num_queries="${..num_queries}",
@@ -543,6 +534,7 @@ def _optimizer(cfg):
             "clip_value": clip.CLIP_VALUE,
             "norm_type": clip.NORM_TYPE,
         },
+        impl=s.OPTIMIZER_IMPL,
     )
 
 

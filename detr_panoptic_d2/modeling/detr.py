@@ -11,7 +11,7 @@ from .backbone import downsample_padding_mask
 from .checks import check_int
 from .inference_opt import autocast_off
 from .position_encoding import PositionEmbeddingSine
-from .training_queries import TrainingQueries, split_training_outputs
+from .training_queries import TrainingQueries, split_training_outputs, wants_training_queries
 from .transformer import Transformer
 
 
@@ -90,7 +90,9 @@ class DETR(nn.Module):
             )
         transformer = Transformer(cfg)
         training_queries = None
-        if d.GROUPS > 1 or d.DN.COPIES > 0:
+        if wants_training_queries(
+            d.GROUPS, d.DN.COPIES, d.DN.BOX_NOISE_SCALE, d.DN.LABEL_NOISE_RATIO
+        ):
             training_queries = TrainingQueries(
                 d.HIDDEN_DIM,
                 d.NUM_OBJECT_QUERIES,

@@ -7,6 +7,7 @@ from torch import nn
 from torchvision.ops import generalized_box_iou
 
 from .box_ops import cxcywh_to_xyxy
+from .checks import check_arg
 from .inference_opt import autocast_off
 
 
@@ -22,8 +23,22 @@ class HungarianMatcher(nn.Module):
 
     def __init__(self, cost_class=1.0, cost_bbox=5.0, cost_giou=2.0):
         super().__init__()
-        if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
-            raise ValueError("HungarianMatcher: all costs are 0")
+        for arg, value in (
+            ("cost_class", cost_class),
+            ("cost_bbox", cost_bbox),
+            ("cost_giou", cost_giou),
+        ):
+            check_arg(
+                value >= 0, "HungarianMatcher", arg, f"MODEL.DETR.{arg.upper()}", value, ">= 0"
+            )
+        check_arg(
+            cost_class or cost_bbox or cost_giou,
+            "HungarianMatcher",
+            "cost_*",
+            "MODEL.DETR.COST_*",
+            0,
+            "not all 0",
+        )
         self.cost_class = cost_class
         self.cost_bbox = cost_bbox
         self.cost_giou = cost_giou
@@ -38,41 +53,70 @@ class HungarianMatcher(nn.Module):
         on the device of the outputs: the costs come to the host once (one copy for the batch) for
         ``scipy``, and the indices go back in one copy.
         """
-        bs, num_queries = outputs["pred_logits"].shape[:2]
-        if num_queries % groups:
-            raise ValueError(f"HungarianMatcher: {num_queries} queries in {groups} equal groups")
-        with autocast_off(outputs["pred_logits"].device.type):  # float32 costs under SOLVER.AMP
-            return self._match(outputs, targets, groups)
-
-    def _match(self, outputs, targets, groups):
-        """``forward`` with autocast off."""
-        bs, num_queries = outputs["pred_logits"].shape[:2]
-        out_prob = outputs["pred_logits"].flatten(0, 1).float().softmax(-1)  # (B*N, K+1)
-        out_bbox = outputs["pred_boxes"].flatten(0, 1).float()
-        tgt_ids = torch.cat([t["labels"] for t in targets])
-        tgt_bbox = torch.cat([t["boxes"] for t in targets]).float()
-
-        cost_class = -out_prob[:, tgt_ids]
-        cost_bbox = torch.cdist(out_bbox, tgt_bbox, p=1)
-        cost_giou = -generalized_box_iou(cxcywh_to_xyxy(out_bbox), cxcywh_to_xyxy(tgt_bbox))
-        cost = (
-            self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
+        host = self._solve(
+            outputs["pred_logits"][None], outputs["pred_boxes"][None], targets, groups
         )
-        cost = cost.view(bs, num_queries, -1).cpu()
-
-        sizes = [len(t["boxes"]) for t in targets]
-        per_group = num_queries // groups
-        host = []  # per image: (query indices, target indices), numpy, on the host
-        for i, c in enumerate(cost.split(sizes, -1)):
-            rows, cols = [], []
-            for g, cg in enumerate(c[i].split(per_group, 0)):
-                r, j = linear_sum_assignment(cg)
-                rows.append(r.astype(np.int64) + g * per_group)
-                cols.append(j.astype(np.int64))
-            host.append((np.concatenate(rows), np.concatenate(cols)))
         # one host-to-device copy of every index of the batch, split back per image
         flat = torch.from_numpy(np.concatenate([np.concatenate(p) for p in host]))
         flat = flat.to(outputs["pred_logits"].device, non_blocking=True)
         lengths = [n for r, j in host for n in (len(r), len(j))]
         parts = flat.split(lengths)
         return [(parts[2 * i], parts[2 * i + 1]) for i in range(len(host))]
+
+    @torch.no_grad()
+    def match_layers(self, logits, boxes, targets, groups=1):
+        """Each of L stacked outputs (decoder layers) matched on its own, as ``forward`` matches
+        one, with one cost computation, one copy of the costs to the host and one copy of the
+        indices back for all of them.
+
+        logits: (L, B, N, K+1); boxes: (L, B, N, 4) normalized cxcywh. Returns a (4, M) int64 tensor
+        on their device, one column per match: layer, image, query, target (an index into the
+        batch's targets concatenated image by image), ordered by layer, image and query; each
+        (layer, image) holds ``forward``'s pairs of that image."""
+        bs = logits.shape[1]
+        host = self._solve(logits, boxes, targets, groups)
+        sizes = [len(t["boxes"]) for t in targets]
+        offsets = np.cumsum([0] + sizes[:-1])
+        columns = [
+            np.stack([np.full_like(r, m // bs), np.full_like(r, m % bs), r, j + offsets[m % bs]])
+            for m, (r, j) in enumerate(host)
+        ]
+        flat = torch.from_numpy(np.concatenate(columns, axis=1))
+        return flat.to(logits.device, non_blocking=True)
+
+    def _solve(self, logits, boxes, targets, groups):
+        """scipy's assignment of each (layer, image) of (L, B, N, ·) outputs, layer-major: a list of
+        L * B pairs (query indices, target indices), numpy int64, each group on its own."""
+        num_layers, bs, num_queries = logits.shape[:3]
+        if num_queries % groups:
+            raise ValueError(f"HungarianMatcher: {num_queries} queries in {groups} equal groups")
+        with autocast_off(logits.device.type):  # float32 costs under SOLVER.AMP
+            cost = self._cost(logits.flatten(0, 2), boxes.flatten(0, 2), targets)
+        sizes = [len(t["boxes"]) for t in targets]
+        cost = cost.view(num_layers, bs, num_queries, sum(sizes)).cpu().numpy()
+        starts = np.cumsum([0] + sizes)
+        per_group = num_queries // groups
+        host = []
+        for layer in cost:
+            for i, c in enumerate(layer):
+                rows, cols = [], []
+                for g in range(groups):
+                    block = c[g * per_group : (g + 1) * per_group, starts[i] : starts[i + 1]]
+                    r, j = linear_sum_assignment(block)
+                    rows.append(r.astype(np.int64) + g * per_group)
+                    cols.append(j.astype(np.int64))
+                host.append((np.concatenate(rows), np.concatenate(cols)))
+        return host
+
+    def _cost(self, out_logits, out_boxes, targets):
+        """(P, T) matching cost of P predictions against the batch's T targets."""
+        out_prob = out_logits.float().softmax(-1)
+        out_bbox = out_boxes.float()
+        tgt_ids = torch.cat([t["labels"] for t in targets])
+        tgt_bbox = torch.cat([t["boxes"] for t in targets]).float()
+        cost_class = -out_prob[:, tgt_ids]
+        cost_bbox = torch.cdist(out_bbox, tgt_bbox, p=1)
+        cost_giou = -generalized_box_iou(cxcywh_to_xyxy(out_bbox), cxcywh_to_xyxy(tgt_bbox))
+        return (
+            self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
+        )

@@ -126,6 +126,7 @@ class DetrPanoptic(nn.Module):
             focal_alpha=d.FOCAL_ALPHA,
             focal_gamma=d.FOCAL_GAMMA,
             denoising=trains_denoising(d.DN.COPIES, stage2),
+            batched=d.BATCHED_CRITERION,
         )
         names = list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
         postprocessor = PanopticPostProcessor(
@@ -281,7 +282,7 @@ class DetrPanoptic(nn.Module):
         check_finite_outputs(outputs)
         if targets is None:
             targets = self.prepare_targets(batched_inputs, images)
-        indices = self.criterion.matcher(outputs, targets)
+        indices, matches = self.criterion.match(outputs, targets)  # every layer, one call
         pred_masks = None
         if self.mask_head is not None:
             b, q = self.criterion.matched_query_index(indices)
@@ -293,7 +294,7 @@ class DetrPanoptic(nn.Module):
                 all_q = torch.arange(n, device=q.device).repeat(bsz)
                 all_masks = self.mask_head(features, all_b, all_q)  # (B * N, h, w)
                 pred_masks = all_masks.view(bsz, n, *all_masks.shape[-2:])[b, q]
-        losses, metrics = self.criterion(outputs, targets, indices, pred_masks)
+        losses, metrics = self.criterion(outputs, targets, indices, pred_masks, matches)
         try:
             storage = get_event_storage()
         except AssertionError:  # outside an EventStorage: metrics are not recorded

@@ -42,6 +42,8 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
+from .checks import check_arg, check_int
+
 logger = logging.getLogger(__name__)
 
 # Prefix of the training-only parameters in the model's state dict.
@@ -139,6 +141,36 @@ def training_query_mask(num_queries, groups, dn_copies=0, dn_slots=0, dn_valid=N
     return (blocked[None] | pad_key[:, None, :]) & ~eye
 
 
+def check_training_query_args(groups, dn_copies, box_noise_scale=0.4, label_noise_ratio=0.2):
+    """:class:`TrainingQueries`' arguments, each a ``ValueError`` naming its key when bad."""
+    name = "TrainingQueries"
+    check_int(name, "groups", "MODEL.DETR.GROUPS", groups, 1)
+    check_int(name, "dn_copies", "MODEL.DETR.DN.COPIES", dn_copies, 0)
+    check_arg(
+        box_noise_scale >= 0,
+        name,
+        "box_noise_scale",
+        "MODEL.DETR.DN.BOX_NOISE_SCALE",
+        box_noise_scale,
+        ">= 0",
+    )
+    check_arg(
+        0.0 <= label_noise_ratio <= 1.0,
+        name,
+        "label_noise_ratio",
+        "MODEL.DETR.DN.LABEL_NOISE_RATIO",
+        label_noise_ratio,
+        "in [0, 1]",
+    )
+
+
+def wants_training_queries(groups, dn_copies, box_noise_scale=0.4, label_noise_ratio=0.2):
+    """Whether ``MODEL.DETR.GROUPS`` / ``MODEL.DETR.DN.*`` ask for :class:`TrainingQueries`
+    (their values checked, also when they ask for none)."""
+    check_training_query_args(groups, dn_copies, box_noise_scale, label_noise_ratio)
+    return groups > 1 or dn_copies > 0
+
+
 class TrainingQueries(nn.Module):
     """The training-only queries of a DETR body: ``groups - 1`` extra query groups and ``dn_copies``
     denoising copies (either may be off: groups=1, dn_copies=0). See the module docstring."""
@@ -154,8 +186,7 @@ class TrainingQueries(nn.Module):
         label_noise_ratio=0.2,
     ):
         super().__init__()
-        if groups < 1 or dn_copies < 0:
-            raise ValueError(f"groups must be >= 1 and dn_copies >= 0, got {groups}, {dn_copies}")
+        check_training_query_args(groups, dn_copies, box_noise_scale, label_noise_ratio)
         self.hidden_dim = hidden_dim
         self.num_queries = num_queries
         self.num_classes = num_classes

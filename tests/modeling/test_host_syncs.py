@@ -7,11 +7,10 @@ and ``torch.nonzero``, ``bool()`` / ``int()`` / ``float()`` / ``__index__`` of a
 indexing with a boolean tensor (a ``nonzero`` inside). Each test runs two sizes (queries and images
 doubled) and requires the same counts.
 
-What remains, per iteration: the Hungarian matcher's one copy of the batch's costs to the host per
-matcher call (last layer, each auxiliary layer, each query group: ``scipy`` runs on the host), the
-normalizer of the losses (``SetCriterion.num_boxes``, as DETR), the non-finite check of the outputs,
-the metrics for the event storage (one copy for all of them), the denoising slots' ``nonzero`` and,
-with a mask head, its per-image row counts (one copy). At inference, the model (without the
+What remains, per iteration: the Hungarian matcher's one copy to the host of the costs of every
+supervised layer and query group (``scipy`` runs on the host), the non-finite check of the outputs,
+the metrics for the event storage (one copy for all of them) and, with a mask head, its per-image
+row counts (one copy). At inference, the model (without the
 post-processing, which makes the final per-image outputs on the host) makes 3 for the whole batch.
 """
 
@@ -134,9 +133,22 @@ def test_stage1_step_syncs_do_not_grow_with_queries_or_images():
         counts.append(_train_syncs(model, _batch(images)))
     assert counts[0].calls == counts[1].calls, (counts[0].calls, counts[1].calls)
     kinds = counts[0].kinds()
-    # one cost copy per matcher call: (last + 1 auxiliary layer) x (DETR's queries + 1 group)
-    assert kinds["cpu"] == 4
-    assert sum(kinds.values()) <= 4 + 4, counts[0].calls
+    # one cost copy for every supervised layer (last + 1 auxiliary) and query group (DETR's + 1)
+    assert kinds["cpu"] == 1
+    assert sum(kinds.values()) <= 4, counts[0].calls
+
+
+def test_stage1_step_syncs_per_layer_without_the_batched_criterion():
+    """MODEL.DETR.BATCHED_CRITERION False (DETR's criterion): one matcher call, so one cost copy,
+    per layer and query group."""
+    model = build_tiny_model(
+        **{
+            "MODEL.DETR.GROUPS": 2,
+            "MODEL.DETR.DN.COPIES": 2,
+            "MODEL.DETR.BATCHED_CRITERION": False,
+        }
+    ).train()
+    assert _train_syncs(model, _batch(2)).kinds()["cpu"] == 4
 
 
 @pytest.mark.parametrize("matched_only", [True, False])
