@@ -35,6 +35,7 @@ from detr_panoptic_d2.engine.trainer import (
     check_same_start,
     create_detr_ddp_model,
     detr_training_hooks,
+    end_distributed_run,
 )
 
 logger = logging.getLogger("detr_panoptic_d2")
@@ -130,7 +131,7 @@ def setup(args):
     return cfg
 
 
-def main(args):
+def run(args):
     cfg = setup(args)
     if args.eval_only:
         if not cfg.train.init_checkpoint:
@@ -147,6 +148,12 @@ def main(args):
         )
         return do_test(cfg, model)
     do_train(args, cfg)
+
+
+def main(args):
+    result = run(args)
+    end_distributed_run()
+    return result
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from detectron2.utils.logger import setup_logger
 from detr_panoptic_d2 import add_detr_panoptic_config
 from detr_panoptic_d2.checkpoint import DetrCheckpointer
 from detr_panoptic_d2.data import register_datasets_from_cfg
-from detr_panoptic_d2.engine import DetrPanopticTrainer
+from detr_panoptic_d2.engine import DetrPanopticTrainer, end_distributed_run
 
 
 def setup(args):
@@ -42,7 +42,7 @@ def setup(args):
     return cfg
 
 
-def main(args):
+def run(args):
     cfg = setup(args)
     if args.eval_only:
         if not cfg.MODEL.WEIGHTS:
@@ -60,6 +60,12 @@ def main(args):
     trainer = DetrPanopticTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
+
+
+def main(args):
+    result = run(args)
+    end_distributed_run()
+    return result
 
 
 if __name__ == "__main__":

@@ -6,4 +6,4 @@ from .evaluation import (
     instances_json_from_panoptic,
 )
 from .optimizer import build_detr_optimizer
-from .trainer import DetrPanopticTrainer, load_dataset_dicts
+from .trainer import DetrPanopticTrainer, end_distributed_run, load_dataset_dicts

@@ -23,7 +23,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..checkpoint.loading import DetrCheckpointer
 from ..data.dataset_mapper import DetrPanopticDatasetMapper
-from ..lazy import lr_schedule
+from ..solver import lr_schedule
 from .amp import build_step_trainer
 from .evaluation import build_detr_evaluator
 from .optimizer import build_detr_optimizer
@@ -204,7 +204,7 @@ def detr_training_hooks(
 def solver_lr_multiplier(cfg):
     """The lr multiplier (a fvcore ``ParamScheduler`` of the fraction of training done) that
     Detectron2's ``build_lr_scheduler`` makes of ``cfg.SOLVER``: LazyConfig's
-    :func:`~detr_panoptic_d2.lazy.lr_schedule` of the same keys."""
+    :func:`~detr_panoptic_d2.solver.lr_schedule` of the same keys."""
     s = cfg.SOLVER
     return lr_schedule(
         max_iter=s.MAX_ITER,
@@ -219,6 +219,15 @@ def solver_lr_multiplier(cfg):
         base_lr_end=s.BASE_LR_END,
         num_decays=s.NUM_DECAYS,
     )
+
+
+def end_distributed_run():
+    """At the end of a run on several processes: wait for all of them (the main one evaluates
+    last), then destroy the process group, so that no process exits while the group's threads
+    still run. A no-op on one process."""
+    if dist.is_available() and dist.is_initialized():
+        comm.synchronize()
+        dist.destroy_process_group()
 
 
 def check_same_start(start_iter, output_dir):
