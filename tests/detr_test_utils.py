@@ -78,6 +78,26 @@ def make_input(h, w, n, seed=0, with_masks=True, **extra):
     return {"image": img, "instances": inst, "height": h, "width": w, **extra}
 
 
+def every_query_outputs(model, batch, planned):
+    """(outputs, (B * N, H/4, W/4) mask logits of every query, image by image) of ``batch``:
+    ``planned``, through the model's inference plan (inference mode); else from the modules
+    themselves (autograd on, float32, as in training)."""
+    with torch.inference_mode() if planned else torch.enable_grad():
+        images, mask = model.preprocess_image(batch)
+        if planned:
+            outputs, features = model.run_body(images.tensor, mask)
+            kwargs = model.prepare_inference().mask_head_kwargs()
+        else:
+            outputs, features = model.detr(images.tensor, mask)
+            kwargs = {}
+        n = outputs["pred_logits"].shape[1]
+        b = torch.arange(len(batch)).repeat_interleave(n)
+        q = torch.arange(n).repeat(len(batch))
+        masks = model.mask_head(features, b, q, **kwargs)
+    outputs = {k: outputs[k].detach().clone() for k in ("pred_logits", "pred_boxes")}
+    return outputs, masks.detach().clone()
+
+
 @pytest.fixture(autouse=True)
 def single_thread():
     """Tiny models run faster on one thread, and much faster when the cores are shared. Autouse in

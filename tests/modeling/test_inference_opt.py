@@ -11,7 +11,13 @@ from detectron2.config import get_cfg
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
-from detr_test_utils import NUM_QUERIES, build_tiny_model, make_input, tiny_cfg
+from detr_test_utils import (
+    NUM_QUERIES,
+    build_tiny_model,
+    every_query_outputs,
+    make_input,
+    tiny_cfg,
+)
 
 from detr_panoptic_d2.engine import build_detr_optimizer
 from detr_panoptic_d2.modeling import MaskHeadSmallConv, build_detr_resnet_backbone
@@ -198,26 +204,13 @@ def test_mask_head_rows_independent_of_chunking(monkeypatch):
 # ---------------------------------------------------
 def _reference_inference(model, batch):
     """The model's outputs without any fast path: autograd on (modules as in training), float32."""
-    with torch.enable_grad():
-        images, mask = model.preprocess_image(batch)
-        outputs, features = model.detr(images.tensor, mask)
-        n = outputs["pred_logits"].shape[1]
-        b = torch.arange(len(batch)).repeat_interleave(n)
-        q = torch.arange(n).repeat(len(batch))
-        masks = model.mask_head(features, b, q).view(len(batch), n, -1)
-    return {k: outputs[k].detach() for k in ("pred_logits", "pred_boxes")}, masks.detach()
+    outputs, masks = every_query_outputs(model, batch, planned=False)
+    return outputs, masks.view(len(batch), outputs["pred_logits"].shape[1], -1)
 
 
 def _fast_inference(model, batch):
-    with torch.inference_mode():
-        images, mask = model.preprocess_image(batch)
-        outputs, features = model.run_body(images.tensor, mask)
-        n = outputs["pred_logits"].shape[1]
-        b = torch.arange(len(batch)).repeat_interleave(n)
-        q = torch.arange(n).repeat(len(batch))
-        kwargs = model.prepare_inference().mask_head_kwargs()
-        masks = model.mask_head(features, b, q, **kwargs).view(len(batch), n, -1)
-    return {k: outputs[k].clone() for k in ("pred_logits", "pred_boxes")}, masks.clone()
+    outputs, masks = every_query_outputs(model, batch, planned=True)
+    return outputs, masks.view(len(batch), outputs["pred_logits"].shape[1], -1)
 
 
 def _close(fast, ref, atol):

@@ -9,7 +9,7 @@ import pickle
 import pytest
 import torch
 from detectron2.utils.events import EventStorage
-from detr_test_utils import build_tiny_model, make_input, tiny_cfg
+from detr_test_utils import build_tiny_model, every_query_outputs, make_input, tiny_cfg
 
 from detr_panoptic_d2.engine import build_detr_optimizer
 from detr_panoptic_d2.modeling.inference_plan import plans_of
@@ -23,27 +23,15 @@ def _model(**overrides):
 
 
 def _outputs(model):
-    """Body outputs and every query's mask logits, through the model's plan."""
-    with torch.inference_mode():
-        images, mask = model.preprocess_image(BATCH)
-        outputs, features = model.run_body(images.tensor, mask)
-        n = outputs["pred_logits"].shape[1]
-        b = torch.arange(len(BATCH)).repeat_interleave(n)
-        q = torch.arange(n).repeat(len(BATCH))
-        masks = model.mask_head(features, b, q, **model.prepare_inference().mask_head_kwargs())
-    return outputs["pred_logits"].clone(), masks.clone()
+    """Logits and every query's mask logits, through the model's plan."""
+    outputs, masks = every_query_outputs(model, BATCH, planned=True)
+    return outputs["pred_logits"], masks
 
 
 def _reference(model):
     """The same from the modules themselves (no plan): autograd on, float32."""
-    with torch.enable_grad():
-        images, mask = model.preprocess_image(BATCH)
-        outputs, features = model.detr(images.tensor, mask)
-        n = outputs["pred_logits"].shape[1]
-        b = torch.arange(len(BATCH)).repeat_interleave(n)
-        q = torch.arange(n).repeat(len(BATCH))
-        masks = model.mask_head(features, b, q)
-    return outputs["pred_logits"].detach(), masks.detach()
+    outputs, masks = every_query_outputs(model, BATCH, planned=False)
+    return outputs["pred_logits"], masks
 
 
 def _assert_current(model):
