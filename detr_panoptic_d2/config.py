@@ -2,6 +2,8 @@
 
 from detectron2.config import CfgNode as CN
 
+from .data.loader import check_sharing_strategy
+
 # SOLVER.OPTIMIZER_IMPL's values (engine/optimizer.py).
 OPTIMIZER_IMPLS = ("fused", "foreach", "for-loop", "auto")
 
@@ -127,6 +129,17 @@ def add_detr_panoptic_config(cfg):
     # slowly, with a warning); D2Go's key.
     if "PRECISION" not in cfg.SOLVER.AMP:
         cfg.SOLVER.AMP.PRECISION = "bfloat16"
+    # With SOLVER.AMP.ENABLED False: turn bfloat16 autocast on where it is expected to win (CUDA
+    # GPUs with bf16, CPUs with AMX), off elsewhere, also on CPUs with AVX512-BF16 alone, where the
+    # toy recipe lost PQ in equal minutes (docs/toy_recipe.md); the log says which (engine/amp.py).
+    cfg.SOLVER.AMP.AUTO = False
+
+    # Training loader transport (data/loader.py): the workers keep this many batches mapped ahead
+    # (0: torch's default of 2 images per worker), and tensors travel by torch.multiprocessing's
+    # sharing strategy ("file_system"; "": torch's default, a file descriptor per tensor). The
+    # same batches either way, only faster to receive.
+    cfg.DATALOADER.PREFETCH_BATCHES = 2
+    cfg.DATALOADER.SHARING_STRATEGY = "file_system"
 
     # Wall-clock budget of a training run's loop, in minutes (0: off). Measured early, a machine too
     # slow for SOLVER.MAX_ITER in this time gets the whole schedule scaled down to what fits
@@ -228,6 +241,21 @@ def validate_config(cfg):
         amp.PRECISION,
         "'bfloat16' or 'float16'",
     )
+    _check(isinstance(amp.AUTO, bool), "SOLVER.AMP.AUTO", amp.AUTO, "True or False")
+    if amp.AUTO and not amp.ENABLED:
+        _check(
+            amp.PRECISION == "bfloat16",
+            "SOLVER.AMP.PRECISION",
+            amp.PRECISION,
+            "'bfloat16' with SOLVER.AMP.AUTO (it turns bfloat16 autocast on)",
+        )
+    _check(
+        cfg.DATALOADER.PREFETCH_BATCHES >= 0,
+        "DATALOADER.PREFETCH_BATCHES",
+        cfg.DATALOADER.PREFETCH_BATCHES,
+        ">= 0 (0: torch's default)",
+    )
+    check_sharing_strategy(cfg.DATALOADER.SHARING_STRATEGY)
     if cfg.MODEL.MASK_HEAD.WEIGHTS:
         _check(
             bool(cfg.MODEL.MASK_HEAD.NAME),

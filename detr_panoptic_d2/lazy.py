@@ -22,7 +22,8 @@ Sections of a LazyConfig (as Detectron2's ``tools/lazyconfig_train_net.py`` read
   clipping), ``optimizer.params.model`` set to the model before instantiating, as in Detectron2;
 * ``lr_multiplier``: :func:`lr_schedule`, Detectron2's ``SOLVER.LR_SCHEDULER_NAME`` schedules;
 * ``train``: Detectron2's ``common/train.py`` with the YAML's values (``device`` cpu where CUDA is
-  not available, with a warning), plus ``amp.precision``, ``time_budget_minutes`` and ``seed``;
+  not available, with a warning), plus ``amp.precision``, ``amp.auto``, ``time_budget_minutes``
+  and ``seed``;
 * ``datasets``: the train and test data set names and the toy set's generation options
   (``DATASETS.TOY``); the data sets are registered when the model, a loader or the evaluator is
   built from them.
@@ -452,14 +453,16 @@ def _mapper(cfg, is_train):
 
 
 def _dataloader(cfg):
-    from detectron2.data import build_detection_test_loader, build_detection_train_loader
+    from detectron2.data import build_detection_test_loader
+
+    from .data.loader import build_detr_train_loader
 
     if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
         raise ValueError(
             f"DATALOADER.SAMPLER_TRAIN {cfg.DATALOADER.SAMPLER_TRAIN!r}: the LazyConfig twin "
             "knows TrainingSampler"
         )
-    train = L(build_detection_train_loader)(
+    train = L(build_detr_train_loader)(
         dataset=L(dataset_dicts)(
             names="${datasets.train}",
             filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
@@ -469,6 +472,8 @@ def _dataloader(cfg):
         total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
         aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
+        prefetch_batches=cfg.DATALOADER.PREFETCH_BATCHES,
+        sharing_strategy=cfg.DATALOADER.SHARING_STRATEGY,
     )
     test = L(build_detection_test_loader)(
         dataset=L(dataset_dicts)(names="${datasets.test}", toy="${datasets.toy}"),
@@ -544,6 +549,7 @@ def _train(cfg):
         train.device = "cpu"
     train.amp.enabled = cfg.SOLVER.AMP.ENABLED
     train.amp.precision = cfg.SOLVER.AMP.PRECISION
+    train.amp.auto = cfg.SOLVER.AMP.AUTO
     train.time_budget_minutes = cfg.SOLVER.TIME_BUDGET_MINUTES
     train.seed = cfg.SEED
     train.cudnn_benchmark = cfg.CUDNN_BENCHMARK

@@ -72,6 +72,7 @@ def do_train(args, cfg):
         amp=cfg.train.amp.enabled,
         precision=cfg.train.amp.get("precision", "bfloat16"),
         device=cfg.train.device,
+        auto=cfg.train.amp.get("auto", False),
     )
     checkpointer = build_detr_checkpointer(model, cfg.train.output_dir, trainer)
     scheduler = ScalableLRMultiplier(optim, instantiate(cfg.lr_multiplier), cfg.train.max_iter)

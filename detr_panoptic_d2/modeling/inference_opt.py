@@ -184,9 +184,16 @@ def precision_dtype(precision):
     return PRECISIONS[precision]
 
 
-def bf16_is_fast():
-    """Whether this CPU has native bf16 dot products (AVX512-BF16 or AMX) that oneDNN uses."""
+def bf16_is_fast(device_type="cpu"):
+    """Whether ``device_type`` computes bf16 natively: a CPU with AVX512-BF16 dot products or AMX
+    tiles (what oneDNN's bf16 kernels use; other AVX-512 CPUs convert through float32), or a CUDA
+    GPU with bf16 arithmetic (compute capability 8.0 and above)."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    if device_type != "cpu":
+        return False
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
+        return any(bool(getattr(torch.cpu, name)()) for name in checks if hasattr(torch.cpu, name))
+    except RuntimeError:
         return False

@@ -156,3 +156,60 @@ def test_amp_training_on_cpu_finite_and_close_to_fp32(tiny, tmp_path, stage):
     # same data and initialization: bf16 losses follow the float32 ones (first iteration: same
     # weights)
     assert losses[True][0] == pytest.approx(losses[False][0], rel=0.05)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_auto_follows_the_device(tiny, tmp_path, monkeypatch, native):
+    """SOLVER.AMP.AUTO: bfloat16 autocast where bf16 training wins on the device, float32
+    elsewhere; SOLVER.AMP.ENABLED still forces it on; AUTO with float16 is refused."""
+    import detr_panoptic_d2.engine.amp as amp
+
+    asked = []
+    monkeypatch.setattr(
+        amp, "bf16_training_wins", lambda device_type: asked.append(device_type) or native
+    )
+    cfg = tiny(tmp_path, freeze=False)
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    cfg.SOLVER.AMP.AUTO = True
+    trainer = build_step_trainer(cfg, model, [], opt)
+    assert asked == ["cpu"]
+    if native:
+        assert isinstance(trainer, DetrAMPTrainer) and trainer.precision == torch.bfloat16
+    else:
+        assert type(trainer) is SimpleTrainer
+    cfg.SOLVER.AMP.ENABLED = True
+    assert isinstance(build_step_trainer(cfg, model, [], opt), DetrAMPTrainer)
+    cfg.SOLVER.AMP.ENABLED = False
+    cfg.SOLVER.AMP.PRECISION = "float16"
+    with pytest.raises(ValueError, match="bfloat16"):
+        build_step_trainer(cfg, model, [], opt)
+
+
+def test_native_bf16_reads_the_cpu_flags(monkeypatch):
+    """bf16_is_fast: AVX512-BF16 or AMX tiles make a CPU native; plain AVX-512 (what oneDNN's
+    own bf16 check accepts, converting through float32) does not."""
+    from detr_panoptic_d2.modeling.inference_opt import bf16_is_fast
+
+    for avx512_bf16, amx, expected in [
+        (True, False, True),
+        (False, True, True),
+        (False, False, False),
+    ]:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert bf16_is_fast("cpu") is expected
+    assert bf16_is_fast("mps") is False
+    if not torch.cuda.is_available():
+        assert bf16_is_fast("cuda") is False
+
+
+def test_bf16_training_wins_on_amx_only(monkeypatch):
+    """AMP auto's CPU rule: AMX tiles, not AVX512-BF16 alone (the toy recipe's measurement)."""
+    from detr_panoptic_d2.engine.amp import bf16_training_wins
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    for amx in (True, False):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert bf16_training_wins("cpu") is amx
+    assert bf16_training_wins("mps") is False
