@@ -5,6 +5,8 @@ import os
 
 import torch
 
+from detr_panoptic_d2.engine.trainer import end_distributed_run
+
 
 def train_main(out_dir, toy_root, max_iter):
     """Build the tiny stage-1 trainer in this worker, train, and write ``rank_<r>.json`` (rank,
@@ -39,6 +41,7 @@ def train_main(out_dir, toy_root, max_iter):
             },
             f,
         )
+    end_distributed_run()
 
 
 def budget_main(out_dir, starts, budget_s, max_iter):
@@ -75,7 +78,7 @@ def budget_main(out_dir, starts, budget_s, max_iter):
     run_training_loop(trainer, 0)
     with open(os.path.join(out_dir, f"budget_{rank}.json"), "w") as f:
         json.dump({"iter": trainer.iter, "fitted_max_iter": budget.fitted_max_iter}, f)
-    comm.synchronize()  # neither process leaves while the other still talks to it
+    end_distributed_run()  # neither process leaves while the group's threads still run
 
 
 def ddp_main(out_dir, toy_root, stage, max_iter, extra, targetless_rank=None, targetless=None):
@@ -134,4 +137,4 @@ def ddp_main(out_dir, toy_root, stage, max_iter, extra, targetless_rank=None, ta
             f,
         )
     torch.save(model.state_dict(), os.path.join(out_dir, f"ddp_{rank}.pt"))
-    comm.synchronize()
+    end_distributed_run()
