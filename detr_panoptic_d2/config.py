@@ -2,8 +2,6 @@
 
 from detectron2.config import CfgNode as CN
 
-from .data.loader import check_sharing_strategy
-
 # SOLVER.OPTIMIZER_IMPL's values (engine/optimizer.py).
 OPTIMIZER_IMPLS = ("fused", "foreach", "for-loop", "auto")
 
@@ -249,13 +247,6 @@ def validate_config(cfg):
             amp.PRECISION,
             "'bfloat16' with SOLVER.AMP.AUTO (it turns bfloat16 autocast on)",
         )
-    _check(
-        cfg.DATALOADER.PREFETCH_BATCHES >= 0,
-        "DATALOADER.PREFETCH_BATCHES",
-        cfg.DATALOADER.PREFETCH_BATCHES,
-        ">= 0 (0: torch's default)",
-    )
-    check_sharing_strategy(cfg.DATALOADER.SHARING_STRATEGY)
     if cfg.MODEL.MASK_HEAD.WEIGHTS:
         _check(
             bool(cfg.MODEL.MASK_HEAD.NAME),
