@@ -138,6 +138,11 @@ def add_detr_panoptic_config(cfg):
     # same batches either way, only faster to receive.
     cfg.DATALOADER.PREFETCH_BATCHES = 2
     cfg.DATALOADER.SHARING_STRATEGY = "file_system"
+    # Batches of images of one orientation whose augmented short sides fall in the same bucket of
+    # this many pixels, so that a multi-scale batch is padded to about its own images' size, not to
+    # the largest scale drawn (0: Detectron2's aspect-ratio grouping alone). Needs
+    # DATALOADER.ASPECT_RATIO_GROUPING, which it refines.
+    cfg.DATALOADER.SIZE_GROUPING_PX = 16
 
     # Wall-clock budget of a training run's loop, in minutes (0: off). Measured early, a machine too
     # slow for SOLVER.MAX_ITER in this time gets the whole schedule scaled down to what fits

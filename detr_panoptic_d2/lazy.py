@@ -474,6 +474,7 @@ def _dataloader(cfg):
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         prefetch_batches=cfg.DATALOADER.PREFETCH_BATCHES,
         sharing_strategy=cfg.DATALOADER.SHARING_STRATEGY,
+        size_grouping_px=cfg.DATALOADER.SIZE_GROUPING_PX,
     )
     test = L(build_detection_test_loader)(
         dataset=L(dataset_dicts)(names="${datasets.test}", toy="${datasets.toy}"),

@@ -9,12 +9,21 @@ tensors each, a ~0.3 s step) that was ~60 ms per iteration, almost all of it spe
 
 Two options, ``DATALOADER.PREFETCH_BATCHES`` and ``DATALOADER.SHARING_STRATEGY``, change only the
 transport: the same images in the same order (``tests/data/test_loader.py``).
+
+A third, ``DATALOADER.SIZE_GROUPING_PX``, changes which images share a batch. A batch is padded to
+its largest image, and with multi-scale training each image draws its own scale: on the toy recipe
+(short side 96, 112 or 128) almost every batch of 8 holds a 128 px image, so every step ran at the
+largest size, 1.3x the pixels of the average one. :class:`SizeGroupedDataset` batches together
+images of one orientation whose augmented short sides fall in the same bucket, so a batch is padded
+to about its own images' size. Each image still draws its scale as before; only the batches are
+formed differently.
 """
 
 import math
 
 import torch.multiprocessing as mp
 from detectron2.data import build_detection_train_loader
+from detectron2.data.common import AspectRatioGroupedDataset
 from detectron2.utils import comm
 
 
@@ -49,6 +58,45 @@ def loader_options(num_workers, batch_size, prefetch_batches=2, sharing_strategy
     return {"prefetch_factor": max(2, math.ceil(prefetch_batches * batch_size / num_workers))}
 
 
+class SizeGroupedDataset(AspectRatioGroupedDataset):
+    """Detectron2's aspect-ratio grouping made finer: a batch holds images of one orientation
+    (width > height or not) whose short sides, as mapped (``d["image"]``: C, H, W), fall in the
+    same ``step``-pixel bucket (short side // step). Batches are yielded as their buckets fill, so
+    at most (batch_size - 1) images wait in each bucket."""
+
+    def __init__(self, dataset, batch_size, step):
+        super().__init__(dataset, batch_size)
+        if step <= 0:
+            raise ValueError(f"DATALOADER.SIZE_GROUPING_PX {step}: must be > 0 here (0: off)")
+        self.step = step
+        self.buckets = {}
+
+    def bucket_of(self, d):
+        """(orientation, short-side bucket) of the mapped record ``d``."""
+        h, w = d["image"].shape[-2:] if "image" in d else (d["height"], d["width"])
+        return (w > h, min(h, w) // self.step)
+
+    def __iter__(self):
+        for d in self.dataset:
+            bucket = self.buckets.setdefault(self.bucket_of(d), [])
+            bucket.append(d)
+            if len(bucket) == self.batch_size:
+                data = bucket[:]
+                del bucket[:]  # emptied before the yield, as Detectron2's grouping does
+                yield data
+
+
+def group_by_size(loader, size_grouping_px):
+    """``loader`` (Detectron2's training loader) with its aspect-ratio grouping replaced by
+    :class:`SizeGroupedDataset` when ``size_grouping_px`` > 0; unchanged when it is 0 or the loader
+    does not group (``DATALOADER.ASPECT_RATIO_GROUPING`` False)."""
+    if size_grouping_px < 0:
+        raise ValueError(f"DATALOADER.SIZE_GROUPING_PX {size_grouping_px}: must be >= 0 (0: off)")
+    if not size_grouping_px or type(loader) is not AspectRatioGroupedDataset:
+        return loader
+    return SizeGroupedDataset(loader.dataset, loader.batch_size, size_grouping_px)
+
+
 def cfg_loader_options(cfg):
     """:func:`loader_options` of a YACS config (``DATALOADER.*``, ``SOLVER.IMS_PER_BATCH`` over
     the processes)."""
@@ -58,12 +106,20 @@ def cfg_loader_options(cfg):
 
 
 def build_detr_train_loader(
-    *, total_batch_size, num_workers=0, prefetch_batches=2, sharing_strategy="file_system", **kw
+    *,
+    total_batch_size,
+    num_workers=0,
+    prefetch_batches=2,
+    sharing_strategy="file_system",
+    size_grouping_px=16,
+    **kw,
 ):
     """Detectron2's ``build_detection_train_loader`` (explicit arguments, ``**kw`` passed on)
-    with :func:`loader_options`: the LazyConfig world's training loader."""
+    with :func:`loader_options` and :func:`group_by_size`: the LazyConfig world's training
+    loader."""
     per_process = max(1, total_batch_size // comm.get_world_size())
     options = loader_options(num_workers, per_process, prefetch_batches, sharing_strategy)
-    return build_detection_train_loader(
+    loader = build_detection_train_loader(
         total_batch_size=total_batch_size, num_workers=num_workers, **kw, **options
     )
+    return group_by_size(loader, size_grouping_px)

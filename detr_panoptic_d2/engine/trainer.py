@@ -23,7 +23,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..checkpoint.loading import DetrCheckpointer
 from ..data.dataset_mapper import DetrPanopticDatasetMapper
-from ..data.loader import cfg_loader_options
+from ..data.loader import cfg_loader_options, group_by_size
 from ..solver import lr_schedule
 from .amp import build_step_trainer
 from .evaluation import build_detr_evaluator
@@ -320,12 +320,13 @@ class DetrPanopticTrainer(DefaultTrainer, StoppableLoop):
     @classmethod
     def build_train_loader(cls, cfg):
         dicts = load_dataset_dicts(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
-        return build_detection_train_loader(
+        loader = build_detection_train_loader(
             cfg,
             mapper=DetrPanopticDatasetMapper(cfg, True),
             dataset=dicts,
             **cfg_loader_options(cfg),
         )
+        return group_by_size(loader, cfg.DATALOADER.SIZE_GROUPING_PX)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
