@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The toy stage-1 training step on the toy loader's own batches, with the batches formed by
-Detectron2's aspect-ratio grouping (DATALOADER.SIZE_GROUPING_PX 0) and by the plugin's size grouping
-(the default, 16 px): padded pixels per image and step time (forward + backward + AdamW step).
+Detectron2's aspect-ratio grouping (DATALOADER.SIZE_GROUPING_PX 0, the default) and by the plugin's
+size grouping (16 px): padded pixels per image and step time (forward + backward + AdamW step).
 
     python benchmarks/bench_size_grouping.py [--batches 40] [--stage 1 2] [--threads 2]
 

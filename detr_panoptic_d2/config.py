@@ -141,8 +141,10 @@ def add_detr_panoptic_config(cfg):
     # Batches of images of one orientation whose augmented short sides fall in the same bucket of
     # this many pixels, so that a multi-scale batch is padded to about its own images' size, not to
     # the largest scale drawn (0: Detectron2's aspect-ratio grouping alone). Needs
-    # DATALOADER.ASPECT_RATIO_GROUPING, which it refines.
-    cfg.DATALOADER.SIZE_GROUPING_PX = 16
+    # DATALOADER.ASPECT_RATIO_GROUPING, which it refines. Off by default: on the toy recipe it made
+    # the stage-1 step 0.9x and cost PQ at equal iterations in both seeds tried
+    # (docs/performance.md, "Batches of one scale").
+    cfg.DATALOADER.SIZE_GROUPING_PX = 0
 
     # Wall-clock budget of a training run's loop, in minutes (0: off). Measured early, a machine too
     # slow for SOLVER.MAX_ITER in this time gets the whole schedule scaled down to what fits

@@ -8,12 +8,12 @@ import os
 import pytest
 import torch
 from detectron2.config import LazyConfig, instantiate
+from detectron2.data.common import AspectRatioGroupedDataset
 from detectron2.modeling import build_model
 from detectron2.solver import build_lr_scheduler
 from detr_test_utils import make_input
 from tiny_toy import REPO
 
-from detr_panoptic_d2.data.loader import SizeGroupedDataset
 from detr_panoptic_d2.engine.optimizer import build_detr_optimizer
 from detr_panoptic_d2.lazy import lazy_config_from_yaml, yaml_config
 
@@ -216,8 +216,9 @@ def test_detectron2s_own_lazyconfig_loop_on_the_toy_twins(tmp_path):
         cfg.optimizer.params.model = model
         optim = instantiate(cfg.optimizer)
         train_loader = instantiate(cfg.dataloader.train)
-        # the YAML world's loader: batches grouped by short side (DATALOADER.SIZE_GROUPING_PX)
-        assert type(train_loader) is SizeGroupedDataset and train_loader.step == 16
+        # the YAML world's loader: DATALOADER.SIZE_GROUPING_PX 0 keeps Detectron2's grouping
+        assert cfg.dataloader.train.size_grouping_px == 0
+        assert type(train_loader) is AspectRatioGroupedDataset
         model = create_ddp_model(model, **cfg.train.ddp)
         trainer = SimpleTrainer(model, train_loader, optim)
         checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)

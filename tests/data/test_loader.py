@@ -171,8 +171,8 @@ def test_size_grouped_loader_maps_the_same_images():
         num_workers=2,
     )
     grouped, plain = (
-        iter(build_detr_train_loader(**kw)),
-        iter(build_detr_train_loader(**kw, size_grouping_px=0)),
+        iter(build_detr_train_loader(**kw, size_grouping_px=16)),
+        iter(build_detr_train_loader(**kw)),  # off by default: Detectron2's grouping
     )
     grouped = [next(grouped) for _ in range(20)]
     plain = [next(plain) for _ in range(20)]

@@ -216,23 +216,23 @@ def broken_copy(toy_root, tmp_path):
 
 
 def test_train_loader_batches_images_of_one_scale(tiny, tmp_path):
-    """The trainer's loader (DATALOADER.SIZE_GROUPING_PX, default 16) on the toy set with
-    multi-scale training: each batch's images share their short side's 16-px bucket, and every
-    scale is drawn; at 0 it is Detectron2's aspect-ratio grouping."""
+    """The trainer's loader with DATALOADER.SIZE_GROUPING_PX 16 on the toy set with multi-scale
+    training: each batch's images share their short side's 16-px bucket, and every scale is
+    drawn; at 0 (the default) it is Detectron2's aspect-ratio grouping."""
     from detectron2.data.common import AspectRatioGroupedDataset
 
     from detr_panoptic_d2.data.loader import SizeGroupedDataset
 
     scales = ["INPUT.MIN_SIZE_TRAIN", "(48, 64, 80)", "INPUT.MAX_SIZE_TRAIN", "160"]
-    cfg = tiny(tmp_path, extra=scales)
+    cfg = tiny(tmp_path, extra=scales + ["DATALOADER.SIZE_GROUPING_PX", "16"])
     loader = DetrPanopticTrainer.build_train_loader(cfg)
     assert type(loader) is SizeGroupedDataset and loader.step == 16
     it = iter(loader)
     shorts = [{min(d["image"].shape[1:]) for d in next(it)} for _ in range(12)]
     assert all(len(s) == 1 for s in shorts), shorts
     assert set().union(*shorts) == {48, 64, 80}
-    off = tiny(tmp_path, extra=scales + ["DATALOADER.SIZE_GROUPING_PX", "0"])
-    assert type(DetrPanopticTrainer.build_train_loader(off)) is AspectRatioGroupedDataset
+    default = tiny(tmp_path, extra=scales)
+    assert type(DetrPanopticTrainer.build_train_loader(default)) is AspectRatioGroupedDataset
 
 
 def test_load_dataset_dicts_good(toy_root):
