@@ -216,7 +216,7 @@ def test_detectron2s_own_lazyconfig_loop_on_the_toy_twins(tmp_path):
         cfg.optimizer.params.model = model
         optim = instantiate(cfg.optimizer)
         train_loader = instantiate(cfg.dataloader.train)
-        # the YAML world's loader: DATALOADER.SIZE_GROUPING_PX 0 keeps Detectron2's grouping
+        # the twin carries the YAML key: DATALOADER.SIZE_GROUPING_PX 0 keeps Detectron2's grouping
         assert cfg.dataloader.train.size_grouping_px == 0
         assert type(train_loader) is AspectRatioGroupedDataset
         model = create_ddp_model(model, **cfg.train.ddp)

@@ -74,7 +74,7 @@ class SizeGroupedDataset(AspectRatioGroupedDataset):
 
     def bucket_of(self, d):
         """(orientation, short-side bucket) of the mapped record ``d``."""
-        h, w = d["image"].shape[-2:] if "image" in d else (d["height"], d["width"])
+        h, w = d["image"].shape[-2:]
         return (w > h, min(h, w) // self.step)
 
     def __iter__(self):

@@ -76,11 +76,13 @@ def test_config_keys_checked_and_applied(restore_strategy):
         cfg_loader_options(cfg)
 
 
-def _batches(n, **kw):
+def _batches(n, mapper=None, records=12, **kw):
+    """The first ``n`` batches of 4 of the plugin's training loader over ``records`` records in
+    order (2 workers, aspect-ratio grouping), mapped by ``mapper`` (default :class:`_Record`)."""
     loader = build_detr_train_loader(
-        dataset=[{"i": i} for i in range(12)],
-        mapper=_Record(),
-        sampler=TrainingSampler(12, shuffle=False),
+        dataset=[{"i": i} for i in range(records)],
+        mapper=mapper or _Record(),
+        sampler=TrainingSampler(records, shuffle=False),
         total_batch_size=4,
         aspect_ratio_grouping=True,
         num_workers=2,
@@ -162,20 +164,8 @@ def test_group_by_size_replaces_aspect_ratio_grouping_only():
 def test_size_grouped_loader_maps_the_same_images():
     """Through the workers: with size grouping the images that arrive are those of Detectron2's
     aspect-ratio grouping, mapped alike, only batched by short side."""
-    kw = dict(
-        dataset=[{"i": i} for i in range(48)],
-        mapper=_Scaled(),
-        sampler=TrainingSampler(48, shuffle=False),
-        total_batch_size=4,
-        aspect_ratio_grouping=True,
-        num_workers=2,
-    )
-    grouped, plain = (
-        iter(build_detr_train_loader(**kw, size_grouping_px=16)),
-        iter(build_detr_train_loader(**kw)),  # off by default: Detectron2's grouping
-    )
-    grouped = [next(grouped) for _ in range(20)]
-    plain = [next(plain) for _ in range(20)]
+    grouped = _batches(20, _Scaled(), 48, size_grouping_px=16)
+    plain = _batches(20, _Scaled(), 48)  # off by default: Detectron2's grouping
     by_i = {d["i"]: d for b in plain for d in b}
     for b in grouped:
         assert len({min(d["image"].shape[1:]) // 16 for d in b}) == 1
